@@ -1,0 +1,866 @@
+//! Registry → clusters → hosts. Reads (admission, release, reporting) take no lock; membership
+//! changes serialise on a per-cluster mutex and publish a new copy-on-write host set.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use arc_swap::ArcSwap;
+use crossbeam_utils::CachePadded;
+use parking_lot::Mutex;
+
+use crate::slot::{Refusal, SlotState};
+use crate::snapshot::{ClusterSnapshot, HostSnapshot, HostState, RejectedCounts, Snapshot};
+use crate::{ConfigError, HostAddr, Permit, Rejected, MAX_LIMIT};
+
+/// Clusters of at most this many hosts are scanned whole; larger ones sample
+/// [`SAMPLED_CHOICES`] hosts first (power of k choices) and scan only when none has room.
+pub const FULL_SCAN_MAX_HOSTS: usize = 16;
+/// How many random hosts a large cluster samples before falling back to a full scan.
+pub const SAMPLED_CHOICES: usize = 4;
+
+/// A host the caller wants in a cluster, with an optional limit over the cluster default.
+///
+/// ```
+/// use wscap_core::HostSpec;
+/// let h = HostSpec::parse("10.0.0.1:8080").unwrap().with_limit(50);
+/// assert_eq!(h.limit, Some(50));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostSpec {
+    /// The host's address.
+    pub addr: HostAddr,
+    /// Its own limit; `None` follows the cluster default.
+    pub limit: Option<u32>,
+}
+
+impl HostSpec {
+    /// A host that follows the cluster default limit.
+    ///
+    /// ```
+    /// let h = wscap_core::HostSpec::new("127.0.0.1:80".parse().unwrap());
+    /// assert_eq!(h.limit, None);
+    /// ```
+    pub fn new(addr: HostAddr) -> Self {
+        HostSpec { addr, limit: None }
+    }
+
+    /// Parses `ip:port`.
+    ///
+    /// ```
+    /// assert!(wscap_core::HostSpec::parse("[::1]:443").is_ok());
+    /// assert!(wscap_core::HostSpec::parse("nope").is_err());
+    /// ```
+    pub fn parse(addr: &str) -> Result<Self, ConfigError> {
+        Ok(HostSpec::new(addr.parse()?))
+    }
+
+    /// Sets the host's own limit.
+    ///
+    /// ```
+    /// let h = wscap_core::HostSpec::parse("127.0.0.1:80").unwrap().with_limit(3);
+    /// assert_eq!(h.limit, Some(3));
+    /// ```
+    pub fn with_limit(mut self, limit: u32) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+}
+
+/// What a [`Cluster::set_hosts`] call changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MembershipChange {
+    /// Hosts new to the cluster.
+    pub added: usize,
+    /// Hosts that left and still hold connections: draining now.
+    pub drained: usize,
+    /// Draining hosts taken back into service with their counts intact.
+    pub revived: usize,
+    /// Hosts dropped because they left with no connection open.
+    pub removed: usize,
+}
+
+/// One host's slot: count, state, limit and counters. Shared by the cluster's host set and by
+/// every [`Permit`] on it.
+pub(crate) struct HostSlot {
+    hot: CachePadded<Hot>,
+    rejected: CachePadded<AtomicU64>,
+    addr: HostAddr,
+    cluster_name: Arc<str>,
+    cluster: Weak<ClusterShared>,
+}
+
+/// Everything an admission touches, on one cache line of its own.
+struct Hot {
+    state: SlotState,
+    admitted: AtomicU64,
+    peak: std::sync::atomic::AtomicU32,
+}
+
+impl HostSlot {
+    #[inline]
+    fn admitted(&self, now: u32) {
+        self.hot.admitted.fetch_add(1, Ordering::Relaxed);
+        if now > self.hot.peak.load(Ordering::Relaxed) {
+            self.hot.peak.fetch_max(now, Ordering::Relaxed);
+        }
+    }
+
+    /// Called by [`Permit`]'s drop: gives the slot back exactly once per permit.
+    #[inline]
+    pub(crate) fn release(&self) {
+        if self.hot.state.release() {
+            // Last connection of a draining host: drop it from its cluster (cold path).
+            if let Some(cluster) = self.cluster.upgrade() {
+                cluster.prune();
+            }
+        }
+    }
+
+    pub(crate) fn addr(&self) -> &HostAddr {
+        &self.addr
+    }
+
+    pub(crate) fn cluster_name(&self) -> &str {
+        &self.cluster_name
+    }
+
+    fn snapshot(&self) -> HostSnapshot {
+        let (active, draining) = self.hot.state.load();
+        HostSnapshot {
+            address: self.addr.as_str().to_owned(),
+            active,
+            limit: self.hot.state.limit(),
+            state: if draining {
+                HostState::Draining
+            } else {
+                HostState::Active
+            },
+            admitted: self.hot.admitted.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+            peak: self.hot.peak.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A resolved host: admission on it costs no lookup.
+///
+/// ```
+/// use wscap_core::{Registry, HostSpec};
+/// let reg = Registry::new();
+/// let c = reg.set_default_limit("pods", 1).unwrap();
+/// c.set_hosts(&[HostSpec::parse("10.0.0.1:80").unwrap()]);
+/// let host = c.host(&"10.0.0.1:80".parse().unwrap()).unwrap();
+/// let p = host.try_acquire().unwrap();
+/// assert!(host.try_acquire().is_err());
+/// drop(p);
+/// assert_eq!(host.active(), 0);
+/// ```
+#[derive(Clone)]
+pub struct Host(Arc<HostSlot>);
+
+impl Host {
+    /// The host's address.
+    ///
+    /// ```
+    /// # let reg = wscap_core::Registry::new();
+    /// # let c = reg.set_default_limit("c", 1).unwrap();
+    /// # c.set_hosts(&[wscap_core::HostSpec::parse("10.0.0.1:80").unwrap()]);
+    /// let host = c.host(&"10.0.0.1:80".parse().unwrap()).unwrap();
+    /// assert_eq!(host.addr().as_str(), "10.0.0.1:80");
+    /// ```
+    pub fn addr(&self) -> &HostAddr {
+        &self.0.addr
+    }
+
+    /// Takes a slot on this host if it is live and below its limit. Lock-free, allocation-free.
+    ///
+    /// ```
+    /// # let reg = wscap_core::Registry::new();
+    /// # let c = reg.set_default_limit("c", 0).unwrap();
+    /// # c.set_hosts(&[wscap_core::HostSpec::parse("10.0.0.1:80").unwrap()]);
+    /// let host = c.host(&"10.0.0.1:80".parse().unwrap()).unwrap();
+    /// assert_eq!(host.try_acquire().unwrap_err(), wscap_core::Rejected::NoCapacity);
+    /// ```
+    #[inline]
+    pub fn try_acquire(&self) -> Result<Permit, Rejected> {
+        match self.0.hot.state.try_acquire() {
+            Ok(now) => {
+                self.0.admitted(now);
+                Ok(Permit::new(Arc::clone(&self.0)))
+            }
+            Err(refusal) => {
+                self.0.rejected.fetch_add(1, Ordering::Relaxed);
+                Err(match refusal {
+                    Refusal::Full => Rejected::NoCapacity,
+                    Refusal::Draining => Rejected::Draining,
+                    Refusal::Removed => Rejected::UnknownHost,
+                })
+            }
+        }
+    }
+
+    /// Live connections on the host.
+    ///
+    /// ```
+    /// # let reg = wscap_core::Registry::new();
+    /// # let c = reg.set_default_limit("c", 2).unwrap();
+    /// # c.set_hosts(&[wscap_core::HostSpec::parse("10.0.0.1:80").unwrap()]);
+    /// # let host = c.host(&"10.0.0.1:80".parse().unwrap()).unwrap();
+    /// let _p = host.try_acquire().unwrap();
+    /// assert_eq!(host.active(), 1);
+    /// ```
+    pub fn active(&self) -> u32 {
+        self.0.hot.state.active()
+    }
+
+    /// The host's limit now.
+    ///
+    /// ```
+    /// # let reg = wscap_core::Registry::new();
+    /// # let c = reg.set_default_limit("c", 2).unwrap();
+    /// # c.set_hosts(&[wscap_core::HostSpec::parse("10.0.0.1:80").unwrap()]);
+    /// # let host = c.host(&"10.0.0.1:80".parse().unwrap()).unwrap();
+    /// assert_eq!(host.limit(), 2);
+    /// ```
+    pub fn limit(&self) -> u32 {
+        self.0.hot.state.limit()
+    }
+
+    /// True while the host takes no new connections.
+    ///
+    /// ```
+    /// # let reg = wscap_core::Registry::new();
+    /// # let c = reg.set_default_limit("c", 2).unwrap();
+    /// # c.set_hosts(&[wscap_core::HostSpec::parse("10.0.0.1:80").unwrap()]);
+    /// # let host = c.host(&"10.0.0.1:80".parse().unwrap()).unwrap();
+    /// assert!(!host.is_draining());
+    /// ```
+    pub fn is_draining(&self) -> bool {
+        self.0.hot.state.is_draining()
+    }
+}
+
+impl fmt::Debug for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Host")
+            .field("addr", &self.0.addr)
+            .field("active", &self.active())
+            .field("limit", &self.limit())
+            .finish()
+    }
+}
+
+/// The published, immutable host set of a cluster.
+#[derive(Default)]
+struct HostSet {
+    list: Vec<Arc<HostSlot>>,
+    index: HashMap<HostAddr, usize>,
+}
+
+impl HostSet {
+    fn new(list: Vec<Arc<HostSlot>>) -> Self {
+        let index = list
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.addr.clone(), i))
+            .collect();
+        HostSet { list, index }
+    }
+
+    fn get(&self, addr: &HostAddr) -> Option<&Arc<HostSlot>> {
+        self.index.get(addr).map(|&i| &self.list[i])
+    }
+}
+
+struct ClusterShared {
+    name: Arc<str>,
+    hosts: ArcSwap<HostSet>,
+    config: Mutex<ClusterConfig>,
+    rejected_no_capacity: CachePadded<AtomicU64>,
+    rejected_no_hosts: AtomicU64,
+}
+
+struct ClusterConfig {
+    default_limit: u32,
+    /// Per-host limits over the default, for the hosts that have one.
+    overrides: HashMap<HostAddr, u32>,
+}
+
+impl ClusterShared {
+    /// Drops draining hosts whose last connection has closed. Idempotent.
+    fn prune(&self) {
+        let _config = self.config.lock();
+        let hosts = self.hosts.load_full();
+        if !hosts
+            .list
+            .iter()
+            .any(|s| s.hot.state.is_draining() && s.hot.state.active() == 0)
+        {
+            return;
+        }
+        let kept: Vec<_> = hosts
+            .list
+            .iter()
+            .filter(|s| !(s.hot.state.is_draining() && s.hot.state.try_remove()))
+            .cloned()
+            .collect();
+        self.hosts.store(Arc::new(HostSet::new(kept)));
+    }
+}
+
+/// A cluster handle: cheap to clone, lock-free to admit on. Obtain one from
+/// [`Registry::cluster`] or [`Registry::set_default_limit`] and keep it: this is the hot path.
+///
+/// ```
+/// use wscap_core::{Registry, HostSpec, Rejected};
+/// let reg = Registry::new();
+/// let pods = reg.set_default_limit("pods", 1).unwrap();
+/// pods.set_hosts(&[HostSpec::parse("10.0.0.1:80").unwrap(), HostSpec::parse("10.0.0.2:80").unwrap()]);
+/// let a = pods.acquire().unwrap();
+/// let b = pods.acquire().unwrap();
+/// assert_ne!(a.host(), b.host(), "the least-loaded host is chosen");
+/// assert_eq!(pods.acquire().unwrap_err(), Rejected::NoCapacity);
+/// ```
+#[derive(Clone)]
+pub struct Cluster(Arc<ClusterShared>);
+
+impl Cluster {
+    fn new(name: &str, default_limit: u32) -> Self {
+        Cluster(Arc::new(ClusterShared {
+            name: Arc::from(name),
+            hosts: ArcSwap::from_pointee(HostSet::default()),
+            config: Mutex::new(ClusterConfig {
+                default_limit,
+                overrides: HashMap::new(),
+            }),
+            rejected_no_capacity: CachePadded::new(AtomicU64::new(0)),
+            rejected_no_hosts: AtomicU64::new(0),
+        }))
+    }
+
+    /// The cluster's name.
+    ///
+    /// ```
+    /// let reg = wscap_core::Registry::new();
+    /// assert_eq!(reg.set_default_limit("pods", 1).unwrap().name(), "pods");
+    /// ```
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    /// Takes a slot on the eligible host with the most room relative to its limit. Ties are
+    /// broken at random, so a burst spreads over equally loaded hosts. When a race takes the
+    /// slot it aimed for, it looks again and tries the other hosts before refusing.
+    ///
+    /// Clusters larger than [`FULL_SCAN_MAX_HOSTS`] sample [`SAMPLED_CHOICES`] hosts and take
+    /// the best of them (power of k choices); only when none of them has room do they scan
+    /// every host, so the last free slot is always found.
+    ///
+    /// ```
+    /// # use wscap_core::{Registry, HostSpec, Rejected};
+    /// let reg = Registry::new();
+    /// let c = reg.set_default_limit("c", 2).unwrap();
+    /// assert_eq!(c.acquire().unwrap_err(), Rejected::NoHosts);
+    /// c.set_hosts(&[HostSpec::parse("10.0.0.1:80").unwrap()]);
+    /// let p = c.acquire().unwrap();
+    /// assert_eq!(p.host().as_str(), "10.0.0.1:80");
+    /// ```
+    pub fn acquire(&self) -> Result<Permit, Rejected> {
+        let hosts = self.0.hosts.load();
+        let list = &hosts.list;
+        loop {
+            let pick = if list.len() > FULL_SCAN_MAX_HOSTS {
+                best_of_sample(list).or_else(|| best_of_all(list))
+            } else {
+                best_of_all(list)
+            };
+            let Some(slot) = pick else {
+                return Err(self.refuse(list));
+            };
+            if let Ok(now) = slot.hot.state.try_acquire() {
+                slot.admitted(now);
+                return Ok(Permit::new(Arc::clone(slot)));
+            }
+            // Lost a race for that slot: look again.
+        }
+    }
+
+    #[cold]
+    fn refuse(&self, list: &[Arc<HostSlot>]) -> Rejected {
+        if list.iter().all(|s| s.hot.state.is_draining()) {
+            self.0.rejected_no_hosts.fetch_add(1, Ordering::Relaxed);
+            Rejected::NoHosts
+        } else {
+            self.0.rejected_no_capacity.fetch_add(1, Ordering::Relaxed);
+            Rejected::NoCapacity
+        }
+    }
+
+    /// Takes a slot on one named host.
+    ///
+    /// ```
+    /// # use wscap_core::{Registry, HostSpec, Rejected};
+    /// let reg = Registry::new();
+    /// let c = reg.set_default_limit("c", 1).unwrap();
+    /// c.set_hosts(&[HostSpec::parse("10.0.0.1:80").unwrap()]);
+    /// let addr = "10.0.0.1:80".parse().unwrap();
+    /// let _p = c.acquire_host(&addr).unwrap();
+    /// assert_eq!(c.acquire_host(&addr).unwrap_err(), Rejected::NoCapacity);
+    /// assert_eq!(c.acquire_host(&"10.9.9.9:80".parse().unwrap()).unwrap_err(), Rejected::UnknownHost);
+    /// ```
+    pub fn acquire_host(&self, addr: &HostAddr) -> Result<Permit, Rejected> {
+        match self.host(addr) {
+            Some(h) => h.try_acquire(),
+            None => Err(Rejected::UnknownHost),
+        }
+    }
+
+    /// Counts a connection that already exists on `addr` (for instance one the proxy routed
+    /// elsewhere than asked), whatever the limit and even while the host drains. The count
+    /// stays exact; the limit may be passed by such connections, never by admissions.
+    ///
+    /// ```
+    /// # use wscap_core::{Registry, HostSpec};
+    /// let reg = Registry::new();
+    /// let c = reg.set_default_limit("c", 0).unwrap();
+    /// c.set_hosts(&[HostSpec::parse("10.0.0.1:80").unwrap()]);
+    /// let p = c.track_host(&"10.0.0.1:80".parse().unwrap()).unwrap();
+    /// assert_eq!(c.host(p.host()).unwrap().active(), 1);
+    /// ```
+    pub fn track_host(&self, addr: &HostAddr) -> Result<Permit, Rejected> {
+        loop {
+            let Some(slot) = self.0.hosts.load().get(addr).cloned() else {
+                return Err(Rejected::UnknownHost);
+            };
+            match slot.hot.state.force_acquire() {
+                Ok(now) => {
+                    slot.admitted(now);
+                    return Ok(Permit::new(slot));
+                }
+                // Pruned under us: the next load no longer holds it.
+                Err(Refusal::Removed) => continue,
+                Err(_) => return Err(Rejected::NoCapacity),
+            }
+        }
+    }
+
+    /// A handle on one host, if it is a member (active or draining).
+    ///
+    /// ```
+    /// # use wscap_core::{Registry, HostSpec};
+    /// let reg = Registry::new();
+    /// let c = reg.set_default_limit("c", 1).unwrap();
+    /// c.set_hosts(&[HostSpec::parse("10.0.0.1:80").unwrap()]);
+    /// assert!(c.host(&"10.0.0.1:80".parse().unwrap()).is_some());
+    /// assert!(c.host(&"10.0.0.2:80".parse().unwrap()).is_none());
+    /// ```
+    pub fn host(&self, addr: &HostAddr) -> Option<Host> {
+        self.0.hosts.load().get(addr).map(|s| Host(Arc::clone(s)))
+    }
+
+    /// Makes `hosts` the cluster's membership. Idempotent: the same call twice changes nothing.
+    ///
+    /// - hosts new to the cluster are added, empty;
+    /// - members missing from `hosts` drain: no new admissions, still counted and reported until
+    ///   their last permit drops, then removed (at once when they hold none);
+    /// - a draining member that is listed again is revived with its live count intact;
+    /// - limits follow `hosts` (a host's own limit, else the default). Lowering a limit below the
+    ///   live count evicts nobody.
+    ///
+    /// A host listed twice counts once; its last entry wins.
+    ///
+    /// ```
+    /// # use wscap_core::{Registry, HostSpec};
+    /// let reg = Registry::new();
+    /// let c = reg.set_default_limit("c", 5).unwrap();
+    /// let a = HostSpec::parse("10.0.0.1:80").unwrap();
+    /// let change = c.set_hosts(&[a.clone()]);
+    /// assert_eq!(change.added, 1);
+    /// let p = c.acquire().unwrap();
+    /// assert_eq!(c.set_hosts(&[]).drained, 1);   // still counted while p lives
+    /// assert!(c.acquire().is_err());
+    /// assert_eq!(c.set_hosts(&[a]).revived, 1);  // back, with its count
+    /// assert_eq!(c.host(p.host()).unwrap().active(), 1);
+    /// ```
+    pub fn set_hosts(&self, hosts: &[HostSpec]) -> MembershipChange {
+        let mut config = self.0.config.lock();
+        config.overrides.clear();
+        let mut wanted: HashMap<&HostAddr, Option<u32>> = HashMap::with_capacity(hosts.len());
+        for h in hosts {
+            let limit = h.limit.map(|l| l.min(MAX_LIMIT));
+            wanted.insert(&h.addr, limit);
+            match limit {
+                Some(l) => config.overrides.insert(h.addr.clone(), l),
+                None => config.overrides.remove(&h.addr),
+            };
+        }
+        let current = self.0.hosts.load_full();
+        let mut change = MembershipChange::default();
+        let mut list = Vec::with_capacity(wanted.len().max(current.list.len()));
+        for slot in &current.list {
+            let state = &slot.hot.state;
+            if let Some(limit) = wanted.remove(&slot.addr) {
+                state.set_limit(limit.unwrap_or(config.default_limit));
+                if state.is_draining() {
+                    // Never removed while listed: prune runs under this same lock.
+                    state.revive();
+                    change.revived += 1;
+                }
+                list.push(Arc::clone(slot));
+            } else if state.is_draining() {
+                if state.try_remove() {
+                    change.removed += 1;
+                } else {
+                    list.push(Arc::clone(slot));
+                }
+            } else {
+                state.drain();
+                if state.try_remove() {
+                    change.removed += 1;
+                } else {
+                    change.drained += 1;
+                    list.push(Arc::clone(slot));
+                }
+            }
+        }
+        // What is left of `wanted` is new, in the caller's order.
+        for h in hosts {
+            if let Some(limit) = wanted.remove(&h.addr) {
+                list.push(Arc::new(HostSlot {
+                    hot: CachePadded::new(Hot {
+                        state: SlotState::new(limit.unwrap_or(config.default_limit)),
+                        admitted: AtomicU64::new(0),
+                        peak: std::sync::atomic::AtomicU32::new(0),
+                    }),
+                    rejected: CachePadded::new(AtomicU64::new(0)),
+                    addr: h.addr.clone(),
+                    cluster_name: Arc::clone(&self.0.name),
+                    cluster: Arc::downgrade(&self.0),
+                }));
+                change.added += 1;
+            }
+        }
+        self.0.hosts.store(Arc::new(HostSet::new(list)));
+        change
+    }
+
+    /// Sets the limit for hosts without one of their own, at once for every current member.
+    ///
+    /// ```
+    /// # use wscap_core::{Registry, HostSpec};
+    /// let reg = Registry::new();
+    /// let c = reg.set_default_limit("c", 1).unwrap();
+    /// c.set_hosts(&[HostSpec::parse("10.0.0.1:80").unwrap()]);
+    /// c.set_default_limit(3).unwrap();
+    /// assert_eq!(c.host(&"10.0.0.1:80".parse().unwrap()).unwrap().limit(), 3);
+    /// ```
+    pub fn set_default_limit(&self, limit: u32) -> Result<(), ConfigError> {
+        check_limit(limit)?;
+        let mut config = self.0.config.lock();
+        config.default_limit = limit;
+        for slot in &self.0.hosts.load().list {
+            if !config.overrides.contains_key(&slot.addr) {
+                slot.hot.state.set_limit(limit);
+            }
+        }
+        Ok(())
+    }
+
+    /// The limit for hosts without one of their own.
+    ///
+    /// ```
+    /// let reg = wscap_core::Registry::new();
+    /// assert_eq!(reg.set_default_limit("c", 7).unwrap().default_limit(), 7);
+    /// ```
+    pub fn default_limit(&self) -> u32 {
+        self.0.config.lock().default_limit
+    }
+
+    /// Live connections summed over the cluster's members.
+    ///
+    /// ```
+    /// # use wscap_core::{Registry, HostSpec};
+    /// let reg = Registry::new();
+    /// let c = reg.set_default_limit("c", 4).unwrap();
+    /// c.set_hosts(&[HostSpec::parse("10.0.0.1:80").unwrap()]);
+    /// let _p = c.acquire().unwrap();
+    /// assert_eq!(c.active(), 1);
+    /// ```
+    pub fn active(&self) -> u64 {
+        self.0
+            .hosts
+            .load()
+            .list
+            .iter()
+            .map(|s| u64::from(s.hot.state.active()))
+            .sum()
+    }
+
+    /// A consistent-enough copy of the cluster's state for reporting (each host read atomically,
+    /// hosts sorted by address).
+    ///
+    /// ```
+    /// # use wscap_core::{Registry, HostSpec};
+    /// let reg = Registry::new();
+    /// let c = reg.set_default_limit("c", 4).unwrap();
+    /// c.set_hosts(&[HostSpec::parse("10.0.0.1:80").unwrap()]);
+    /// assert_eq!(c.snapshot().hosts[0].limit, 4);
+    /// ```
+    pub fn snapshot(&self) -> ClusterSnapshot {
+        let default_limit = self.default_limit();
+        let mut hosts: Vec<HostSnapshot> = self
+            .0
+            .hosts
+            .load()
+            .list
+            .iter()
+            .map(|s| s.snapshot())
+            .filter(|h| !(h.state == HostState::Draining && h.active == 0))
+            .collect();
+        hosts.sort_by(|a, b| a.address.cmp(&b.address));
+        ClusterSnapshot {
+            name: self.name().to_owned(),
+            default_limit,
+            rejected: RejectedCounts {
+                no_capacity: self.0.rejected_no_capacity.load(Ordering::Relaxed),
+                no_hosts: self.0.rejected_no_hosts.load(Ordering::Relaxed),
+            },
+            hosts,
+        }
+    }
+}
+
+impl fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cluster")
+            .field("name", &self.name())
+            .field("hosts", &self.0.hosts.load().list.len())
+            .finish()
+    }
+}
+
+/// Room score: is `(a_active, a_limit)` strictly less loaded than `(b_active, b_limit)`?
+#[inline]
+fn less_loaded(a: (u32, u32), b: (u32, u32)) -> bool {
+    u64::from(a.0) * u64::from(b.1) < u64::from(b.0) * u64::from(a.1)
+}
+
+/// The live host with room and the lowest active/limit, scanning from a random start so that
+/// ties spread.
+#[inline]
+fn best_of_all(list: &[Arc<HostSlot>]) -> Option<&Arc<HostSlot>> {
+    if list.is_empty() {
+        return None;
+    }
+    let start = fastrand::usize(..list.len());
+    let (tail, head) = list.split_at(start);
+    let mut best: Option<(&Arc<HostSlot>, (u32, u32))> = None;
+    for slot in head.iter().chain(tail) {
+        consider(slot, &mut best);
+    }
+    best.map(|(s, _)| s)
+}
+
+/// The best of [`SAMPLED_CHOICES`] random hosts, if any of them has room.
+#[inline]
+fn best_of_sample(list: &[Arc<HostSlot>]) -> Option<&Arc<HostSlot>> {
+    let mut best = None;
+    for _ in 0..SAMPLED_CHOICES {
+        consider(&list[fastrand::usize(..list.len())], &mut best);
+    }
+    best.map(|(s, _)| s)
+}
+
+#[inline]
+fn consider<'a>(slot: &'a Arc<HostSlot>, best: &mut Option<(&'a Arc<HostSlot>, (u32, u32))>) {
+    let (active, draining) = slot.hot.state.load();
+    let limit = slot.hot.state.limit();
+    if draining || active >= limit {
+        return;
+    }
+    let load = (active, limit);
+    if best.is_none_or(|(_, b)| less_loaded(load, b)) {
+        *best = Some((slot, load));
+    }
+}
+
+fn check_limit(limit: u32) -> Result<(), ConfigError> {
+    if limit > MAX_LIMIT {
+        Err(ConfigError::LimitTooLarge {
+            limit: u64::from(limit),
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// The process-wide registry: cluster name → [`Cluster`].
+///
+/// ```
+/// use wscap_core::{Registry, HostSpec};
+/// let reg = Registry::new();
+/// reg.set_default_limit("pods", 20).unwrap();
+/// reg.set_hosts("pods", &[HostSpec::parse("10.0.0.1:8080").unwrap()]).unwrap();
+/// let permit = reg.acquire("pods").unwrap();
+/// assert_eq!(permit.host().as_str(), "10.0.0.1:8080");
+/// let json = reg.snapshot().to_json();
+/// assert!(json.contains(r#""active":1"#));
+/// drop(permit);
+/// assert_eq!(reg.snapshot().clusters[0].hosts[0].active, 0);
+/// ```
+pub struct Registry {
+    clusters: ArcSwap<HashMap<Arc<str>, Cluster>>,
+    write: Mutex<()>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::new()
+    }
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registry")
+            .field("clusters", &self.clusters.load().len())
+            .finish()
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    ///
+    /// ```
+    /// assert!(wscap_core::Registry::new().snapshot().clusters.is_empty());
+    /// ```
+    pub fn new() -> Self {
+        Registry {
+            clusters: ArcSwap::from_pointee(HashMap::new()),
+            write: Mutex::new(()),
+        }
+    }
+
+    /// The cluster named `name`, if known. Keep the handle: admission through it is the hot path.
+    ///
+    /// ```
+    /// let reg = wscap_core::Registry::new();
+    /// assert!(reg.cluster("pods").is_none());
+    /// reg.set_default_limit("pods", 1).unwrap();
+    /// assert!(reg.cluster("pods").is_some());
+    /// ```
+    pub fn cluster(&self, name: &str) -> Option<Cluster> {
+        self.clusters.load().get(name).cloned()
+    }
+
+    /// The cluster named `name`, created if missing. A new cluster's default limit is 0 (it
+    /// admits nothing until a limit is set: a cluster nobody configured fails closed).
+    ///
+    /// ```
+    /// let reg = wscap_core::Registry::new();
+    /// let c = reg.cluster_or_create("pods").unwrap();
+    /// assert_eq!(c.default_limit(), 0);
+    /// assert!(reg.cluster_or_create("").is_err());
+    /// ```
+    pub fn cluster_or_create(&self, name: &str) -> Result<Cluster, ConfigError> {
+        if let Some(c) = self.cluster(name) {
+            return Ok(c);
+        }
+        if name.is_empty() {
+            return Err(ConfigError::EmptyClusterName);
+        }
+        let _write = self.write.lock();
+        let current = self.clusters.load_full();
+        if let Some(c) = current.get(name) {
+            return Ok(c.clone());
+        }
+        let cluster = Cluster::new(name, 0);
+        let mut next = HashMap::clone(&current);
+        next.insert(Arc::from(name), cluster.clone());
+        self.clusters.store(Arc::new(next));
+        Ok(cluster)
+    }
+
+    /// Sets a cluster's default per-host limit, creating the cluster if needed.
+    ///
+    /// ```
+    /// let reg = wscap_core::Registry::new();
+    /// let c = reg.set_default_limit("pods", 20).unwrap();
+    /// assert_eq!(c.default_limit(), 20);
+    /// assert!(reg.set_default_limit("pods", u32::MAX).is_err());
+    /// ```
+    pub fn set_default_limit(&self, cluster: &str, limit: u32) -> Result<Cluster, ConfigError> {
+        check_limit(limit)?;
+        let c = self.cluster_or_create(cluster)?;
+        c.set_default_limit(limit)?;
+        Ok(c)
+    }
+
+    /// Sets a cluster's membership (see [`Cluster::set_hosts`]), creating the cluster if needed.
+    ///
+    /// ```
+    /// # use wscap_core::{Registry, HostSpec};
+    /// let reg = Registry::new();
+    /// let change = reg.set_hosts("pods", &[HostSpec::parse("10.0.0.1:80").unwrap()]).unwrap();
+    /// assert_eq!(change.added, 1);
+    /// ```
+    pub fn set_hosts(
+        &self,
+        cluster: &str,
+        hosts: &[HostSpec],
+    ) -> Result<MembershipChange, ConfigError> {
+        if let Some(l) = hosts.iter().filter_map(|h| h.limit).find(|&l| l > MAX_LIMIT) {
+            return Err(ConfigError::LimitTooLarge {
+                limit: u64::from(l),
+            });
+        }
+        Ok(self.cluster_or_create(cluster)?.set_hosts(hosts))
+    }
+
+    /// Admits one connection to the least-loaded host of `cluster` (see [`Cluster::acquire`]).
+    ///
+    /// ```
+    /// # use wscap_core::{Registry, Rejected};
+    /// let reg = Registry::new();
+    /// assert_eq!(reg.acquire("nope").unwrap_err(), Rejected::UnknownCluster);
+    /// ```
+    pub fn acquire(&self, cluster: &str) -> Result<Permit, Rejected> {
+        match self.clusters.load().get(cluster) {
+            Some(c) => c.acquire(),
+            None => Err(Rejected::UnknownCluster),
+        }
+    }
+
+    /// Admits one connection to a named host of `cluster`.
+    ///
+    /// ```
+    /// # use wscap_core::{Registry, HostSpec};
+    /// let reg = Registry::new();
+    /// reg.set_default_limit("c", 1).unwrap();
+    /// reg.set_hosts("c", &[HostSpec::parse("10.0.0.1:80").unwrap()]).unwrap();
+    /// assert!(reg.acquire_host("c", &"10.0.0.1:80".parse().unwrap()).is_ok());
+    /// ```
+    pub fn acquire_host(&self, cluster: &str, addr: &HostAddr) -> Result<Permit, Rejected> {
+        match self.clusters.load().get(cluster) {
+            Some(c) => c.acquire_host(addr),
+            None => Err(Rejected::UnknownCluster),
+        }
+    }
+
+    /// A copy of every cluster's state, clusters sorted by name.
+    ///
+    /// ```
+    /// let reg = wscap_core::Registry::new();
+    /// reg.set_default_limit("b", 1).unwrap();
+    /// reg.set_default_limit("a", 1).unwrap();
+    /// let names: Vec<_> = reg.snapshot().clusters.into_iter().map(|c| c.name).collect();
+    /// assert_eq!(names, ["a", "b"]);
+    /// ```
+    pub fn snapshot(&self) -> Snapshot {
+        let mut clusters: Vec<ClusterSnapshot> =
+            self.clusters.load().values().map(Cluster::snapshot).collect();
+        clusters.sort_by(|a, b| a.name.cmp(&b.name));
+        Snapshot { clusters }
+    }
+}
