@@ -1,0 +1,1 @@
+//! wscap-ffi (placeholder).

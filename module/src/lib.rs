@@ -1,0 +1,1 @@
+//! wscap-envoy (placeholder).
