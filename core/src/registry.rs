@@ -486,16 +486,15 @@ impl Cluster {
     /// ```
     pub fn set_hosts(&self, hosts: &[HostSpec]) -> MembershipChange {
         let mut config = self.0.config.lock();
-        config.overrides.clear();
         let mut wanted: HashMap<&HostAddr, Option<u32>> = HashMap::with_capacity(hosts.len());
         for h in hosts {
-            let limit = h.limit.map(|l| l.min(MAX_LIMIT));
-            wanted.insert(&h.addr, limit);
-            match limit {
-                Some(l) => config.overrides.insert(h.addr.clone(), l),
-                None => config.overrides.remove(&h.addr),
-            };
+            wanted.insert(&h.addr, h.limit.map(|l| l.min(MAX_LIMIT)));
         }
+        // Listed hosts take their limits from `hosts`; draining ones keep the limit they had.
+        let mut overrides: HashMap<HostAddr, u32> = wanted
+            .iter()
+            .filter_map(|(a, l)| l.map(|l| (HostAddr::clone(a), l)))
+            .collect();
         let current = self.0.hosts.load_full();
         let mut change = MembershipChange::default();
         let mut list = Vec::with_capacity(wanted.len().max(current.list.len()));
@@ -509,22 +508,21 @@ impl Cluster {
                     change.revived += 1;
                 }
                 list.push(Arc::clone(slot));
-            } else if state.is_draining() {
-                if state.try_remove() {
-                    change.removed += 1;
-                } else {
-                    list.push(Arc::clone(slot));
-                }
             } else {
+                let was_draining = state.is_draining();
                 state.drain();
                 if state.try_remove() {
                     change.removed += 1;
                 } else {
-                    change.drained += 1;
+                    change.drained += usize::from(!was_draining);
+                    if let Some(&l) = config.overrides.get(&slot.addr) {
+                        overrides.insert(slot.addr.clone(), l);
+                    }
                     list.push(Arc::clone(slot));
                 }
             }
         }
+        config.overrides = overrides;
         // What is left of `wanted` is new, in the caller's order.
         for h in hosts {
             if let Some(limit) = wanted.remove(&h.addr) {

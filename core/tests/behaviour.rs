@@ -1,0 +1,268 @@
+//! Behaviour of the registry through its public API.
+
+use std::collections::HashMap;
+
+use wscap_core::{HostAddr, HostSpec, HostState, Registry, Rejected, FULL_SCAN_MAX_HOSTS};
+
+fn addr(s: &str) -> HostAddr {
+    s.parse().unwrap()
+}
+
+fn hosts(n: usize) -> Vec<HostSpec> {
+    (0..n)
+        .map(|i| HostSpec::parse(&format!("10.0.{}.{}:8080", i / 250, i % 250 + 1)).unwrap())
+        .collect()
+}
+
+#[test]
+fn addresses_are_validated_and_canonical() {
+    assert_eq!(addr("10.0.0.1:80").as_str(), "10.0.0.1:80");
+    assert_eq!(addr("[::1]:80").as_str(), "[::1]:80");
+    assert_eq!(addr(" [0:0::1]:80 ").as_str(), "[::1]:80");
+    for bad in ["", "10.0.0.1", "pod:80", "10.0.0.1:99999", "::1:80", "[::1]", "1.2.3.4:-1"] {
+        let err = bad.parse::<HostAddr>().unwrap_err();
+        assert!(err.to_string().contains("invalid host address"), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn fills_least_loaded_first_and_never_exceeds_limits() {
+    let reg = Registry::new();
+    let c = reg.set_default_limit("pods", 3).unwrap();
+    c.set_hosts(&hosts(3));
+    let mut held = Vec::new();
+    for round in 1..=3u32 {
+        for _ in 0..3 {
+            held.push(c.acquire().unwrap());
+        }
+        // Least-loaded first: after each round of 3, every host holds `round`.
+        for h in c.snapshot().hosts {
+            assert_eq!(h.active, round, "{h:?}");
+        }
+    }
+    assert_eq!(c.acquire().unwrap_err(), Rejected::NoCapacity);
+    assert_eq!(c.snapshot().rejected.no_capacity, 1);
+    held.clear();
+    assert_eq!(c.active(), 0);
+}
+
+#[test]
+fn relative_room_respects_per_host_limits() {
+    let reg = Registry::new();
+    let c = reg.set_default_limit("pods", 10).unwrap();
+    c.set_hosts(&[
+        HostSpec::parse("10.0.0.1:80").unwrap().with_limit(1),
+        HostSpec::parse("10.0.0.2:80").unwrap(),
+    ]);
+    let held: Vec<_> = (0..11).map(|_| c.acquire().unwrap()).collect();
+    let on_small = held.iter().filter(|p| p.host().as_str() == "10.0.0.1:80").count();
+    assert_eq!(on_small, 1);
+    assert_eq!(c.acquire().unwrap_err(), Rejected::NoCapacity);
+}
+
+#[test]
+fn ties_spread_over_equal_hosts() {
+    // With every host equally loaded, which one the first admission lands on is random: over
+    // many fresh clusters, each host must be chosen first at least sometimes.
+    let mut firsts: HashMap<String, usize> = HashMap::new();
+    for i in 0..300 {
+        let reg = Registry::new();
+        let c = reg.set_default_limit(&format!("c{i}"), 5).unwrap();
+        c.set_hosts(&hosts(3));
+        let p = c.acquire().unwrap();
+        *firsts.entry(p.host().to_string()).or_default() += 1;
+    }
+    assert_eq!(firsts.len(), 3, "{firsts:?}");
+    assert!(firsts.values().all(|&n| n >= 30), "{firsts:?}");
+}
+
+#[test]
+fn draining_counts_until_last_permit_then_disappears() {
+    let reg = Registry::new();
+    let c = reg.set_default_limit("pods", 5).unwrap();
+    let all = hosts(2);
+    c.set_hosts(&all);
+    let a = c.acquire_host(&all[0].addr).unwrap();
+    let b = c.acquire_host(&all[0].addr).unwrap();
+    let change = c.set_hosts(&all[1..]);
+    assert_eq!((change.drained, change.removed), (1, 0));
+    let snap = c.snapshot();
+    let h0 = snap.hosts.iter().find(|h| h.address == all[0].addr.as_str()).unwrap();
+    assert_eq!((h0.state, h0.active), (HostState::Draining, 2));
+    // No new admissions on it.
+    assert_eq!(c.acquire_host(&all[0].addr).unwrap_err(), Rejected::Draining);
+    for _ in 0..5 {
+        assert_eq!(c.acquire().unwrap().host(), &all[1].addr);
+    }
+    drop(a);
+    assert!(c.host(&all[0].addr).is_some());
+    drop(b);
+    assert!(c.host(&all[0].addr).is_none(), "removed with its last permit");
+    assert_eq!(c.snapshot().hosts.len(), 1);
+}
+
+#[test]
+fn removing_an_idle_host_drops_it_at_once_and_idempotence() {
+    let reg = Registry::new();
+    let c = reg.set_default_limit("pods", 5).unwrap();
+    let all = hosts(3);
+    assert_eq!(c.set_hosts(&all).added, 3);
+    assert_eq!(c.set_hosts(&all), Default::default(), "same set twice changes nothing");
+    let change = c.set_hosts(&all[..1]);
+    assert_eq!((change.removed, change.drained), (2, 0));
+    assert_eq!(c.snapshot().hosts.len(), 1);
+}
+
+#[test]
+fn a_returning_host_is_revived_with_its_count() {
+    let reg = Registry::new();
+    let c = reg.set_default_limit("pods", 2).unwrap();
+    let all = hosts(1);
+    c.set_hosts(&all);
+    let p = c.acquire().unwrap();
+    c.set_hosts(&[]);
+    assert_eq!(c.acquire().unwrap_err(), Rejected::NoHosts);
+    assert_eq!(c.set_hosts(&all).revived, 1);
+    let q = c.acquire().unwrap();
+    assert_eq!(c.acquire().unwrap_err(), Rejected::NoCapacity, "count survived the revival");
+    drop((p, q));
+    assert_eq!(c.active(), 0);
+}
+
+#[test]
+fn lowering_a_limit_evicts_nobody() {
+    let reg = Registry::new();
+    let c = reg.set_default_limit("pods", 4).unwrap();
+    c.set_hosts(&hosts(1));
+    let held: Vec<_> = (0..4).map(|_| c.acquire().unwrap()).collect();
+    c.set_default_limit(1).unwrap();
+    assert_eq!(c.active(), 4);
+    assert_eq!(c.acquire().unwrap_err(), Rejected::NoCapacity);
+    drop(held);
+    let _one = c.acquire().unwrap();
+    assert_eq!(c.acquire().unwrap_err(), Rejected::NoCapacity);
+}
+
+#[test]
+fn per_host_limit_overrides_default_until_dropped() {
+    let reg = Registry::new();
+    let c = reg.set_default_limit("pods", 4).unwrap();
+    let a = HostSpec::parse("10.0.0.1:80").unwrap();
+    c.set_hosts(&[a.clone().with_limit(9)]);
+    c.set_default_limit(5).unwrap();
+    assert_eq!(c.host(&a.addr).unwrap().limit(), 9, "default change keeps an override");
+    c.set_hosts(&[a.clone()]);
+    assert_eq!(c.host(&a.addr).unwrap().limit(), 5, "dropping the override restores the default");
+}
+
+#[test]
+fn limit_zero_admits_none() {
+    let reg = Registry::new();
+    let c = reg.set_default_limit("pods", 0).unwrap();
+    c.set_hosts(&hosts(2));
+    assert_eq!(c.acquire().unwrap_err(), Rejected::NoCapacity);
+}
+
+#[test]
+fn typed_errors_for_bad_input() {
+    let reg = Registry::new();
+    assert_eq!(reg.acquire("none").unwrap_err(), Rejected::UnknownCluster);
+    assert_eq!(reg.acquire_host("none", &addr("1.1.1.1:1")).unwrap_err(), Rejected::UnknownCluster);
+    assert!(reg.set_default_limit("", 1).is_err());
+    assert!(reg.set_hosts("", &[]).is_err());
+    assert!(reg.set_hosts("c", &[HostSpec::parse("1.1.1.1:1").unwrap().with_limit(u32::MAX)]).is_err());
+    let c = reg.cluster_or_create("empty").unwrap();
+    assert_eq!(c.acquire().unwrap_err(), Rejected::NoHosts);
+    assert_eq!(c.snapshot().rejected.no_hosts, 1);
+    assert_eq!(c.acquire().unwrap_err().reason(), "no_hosts");
+}
+
+#[test]
+fn permits_outlive_their_host_and_registry() {
+    let reg = Registry::new();
+    let c = reg.set_default_limit("pods", 1).unwrap();
+    c.set_hosts(&hosts(1));
+    let p = c.acquire().unwrap();
+    c.set_hosts(&[]);
+    drop(c);
+    drop(reg);
+    assert_eq!(p.host().as_str(), "10.0.0.1:8080");
+    assert_eq!(p.cluster(), "pods");
+    drop(p); // releases into a slot nobody else references: no panic, no leak
+}
+
+#[test]
+fn permits_are_send_and_released_on_another_thread() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<wscap_core::Permit>();
+    let reg = Registry::new();
+    let c = reg.set_default_limit("pods", 1).unwrap();
+    c.set_hosts(&hosts(1));
+    let p = c.acquire().unwrap();
+    std::thread::spawn(move || drop(p)).join().unwrap();
+    assert_eq!(c.active(), 0);
+}
+
+#[test]
+fn track_host_counts_existing_connections_beyond_the_limit() {
+    let reg = Registry::new();
+    let c = reg.set_default_limit("pods", 1).unwrap();
+    let all = hosts(1);
+    c.set_hosts(&all);
+    let a = c.acquire().unwrap();
+    let b = c.track_host(&all[0].addr).unwrap();
+    assert_eq!(c.active(), 2);
+    assert_eq!(c.acquire().unwrap_err(), Rejected::NoCapacity);
+    assert_eq!(c.track_host(&addr("9.9.9.9:9")).unwrap_err(), Rejected::UnknownHost);
+    drop((a, b));
+    assert_eq!(c.active(), 0);
+}
+
+#[test]
+fn large_clusters_still_find_the_last_free_slot() {
+    let reg = Registry::new();
+    let n = FULL_SCAN_MAX_HOSTS * 10;
+    let c = reg.set_default_limit("big", 1).unwrap();
+    let all = hosts(n);
+    c.set_hosts(&all);
+    let held: Vec<_> = (0..n).map(|_| c.acquire().expect("a free slot exists")).collect();
+    assert_eq!(c.acquire().unwrap_err(), Rejected::NoCapacity);
+    let mut seen: Vec<_> = held.iter().map(|p| p.host().clone()).collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), n, "every host got exactly one");
+    // Free exactly one slot somewhere in the middle: it must be found.
+    let mut held = held;
+    let freed = held.swap_remove(n / 2).host().clone();
+    let again = c.acquire().unwrap();
+    assert_eq!(again.host(), &freed);
+}
+
+#[test]
+fn exporters_follow_the_design_names_and_shape() {
+    let reg = Registry::new();
+    let c = reg.set_default_limit("we\"ird", 2).unwrap();
+    c.set_hosts(&[HostSpec::parse("10.0.0.1:80").unwrap(), HostSpec::parse("[::1]:81").unwrap()]);
+    let _p = c.acquire_host(&addr("[::1]:81")).unwrap();
+    let snap = reg.snapshot();
+    let json: serde_json::Value = serde_json::from_str(&snap.to_json()).unwrap();
+    let h = &json["clusters"][0]["hosts"][0];
+    assert_eq!(json["clusters"][0]["name"], "we\"ird");
+    for key in ["address", "active", "limit", "state", "admitted", "rejected"] {
+        assert!(h.get(key).is_some(), "missing {key} in {h}");
+    }
+    assert_eq!(h["address"], "10.0.0.1:80");
+    assert_eq!(json["clusters"][0]["hosts"][1]["active"], 1);
+    assert_eq!(json["clusters"][0]["hosts"][1]["state"], "active");
+    let text = snap.to_prometheus();
+    assert!(text.contains("# TYPE wscap_active_connections gauge\n"));
+    assert!(text.contains("# TYPE wscap_admitted counter\n"));
+    assert!(text.contains("wscap_active_connections{cluster=\"we\\\"ird\",host=\"[::1]:81\"} 1\n"), "{text}");
+    assert!(text.contains("wscap_connection_limit{cluster=\"we\\\"ird\",host=\"10.0.0.1:80\"} 2\n"));
+    assert!(text.contains("wscap_rejected{cluster=\"we\\\"ird\",reason=\"no_capacity\"} 0\n"));
+    // Every sample line is `name{labels} value`.
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (_, value) = line.rsplit_once(' ').unwrap();
+        value.parse::<u64>().unwrap();
+    }
+}
