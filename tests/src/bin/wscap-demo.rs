@@ -1,0 +1,3 @@
+//! wscap demo (placeholder, being written).
+
+fn main() {}
