@@ -1,1 +1,58 @@
-//! wscap-envoy (placeholder).
+//! # wscap-envoy (`libwscap.so`)
+//!
+//! An Envoy 1.40 dynamic module (ABI `v0.2.0`) with three extensions over one process-wide
+//! [`REGISTRY`] (the `.so` is loaded once per process, so the statics are shared):
+//!
+//! - HTTP filter `wscap` ([`filter`]): admits WebSocket upgrades against per-host caps, steers
+//!   them with a strict upstream override host, refuses with `503` when every host is full.
+//! - LB policy `wscap` ([`lb`]): feeds the cluster's healthy membership (and per-host
+//!   `filter_metadata.wscap.max_connections`) into core and balances other traffic.
+//! - Bootstrap extension `wscap` ([`bootstrap`]): `GET /wscap` on the admin listener and the
+//!   `wscap_active_connections` / `wscap_connection_limit` gauges.
+//!
+//! The C ABI is bound by hand in one private module (`abi.rs`), the only place with `unsafe`;
+//! every exported hook catches panics there. Everything else is safe Rust, unit-tested with
+//! fakes of the small traits it needs ([`filter::Stream`], [`lb::ClusterView`],
+//! [`bootstrap::GaugeSink`]).
+#![deny(unsafe_code)]
+
+use std::sync::LazyLock;
+
+use wscap_core::Registry;
+
+#[allow(unsafe_code)]
+mod abi;
+pub mod bootstrap;
+pub mod config;
+pub mod filter;
+pub mod lb;
+
+/// The process-wide registry shared by the filter (workers), the LB policy (main + workers)
+/// and the bootstrap extension (main).
+pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
+
+/// The ABI version this module is written against (Envoy 1.40.0 reports `v0.2.0`).
+pub const ABI_VERSION: &str = "v0.2.0";
+
+/// Envoy log levels, as the ABI numbers them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i32)]
+pub enum Level {
+    /// trace
+    Trace = 0,
+    /// debug
+    Debug = 1,
+    /// info
+    Info = 2,
+    /// warning
+    Warn = 3,
+    /// error
+    Error = 4,
+    /// critical
+    Critical = 5,
+}
+
+/// Writes to Envoy's log (component `dynamic_modules`). In unit tests (no Envoy), to stderr.
+pub fn log(level: Level, message: &str) {
+    abi::log(level, message);
+}

@@ -1,0 +1,217 @@
+//! The bootstrap extension `wscap`: the admin endpoint `GET /wscap` and the periodic gauge
+//! refresh (main thread).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use wscap_core::Snapshot;
+
+use crate::config::BootstrapSettings;
+use crate::filter::MetricId;
+
+/// The admin path the extension registers.
+pub const ADMIN_PATH: &str = "/wscap";
+
+/// What the bootstrap extension does to Envoy's stats.
+pub trait GaugeSink {
+    /// Sets a labelled gauge.
+    fn set_gauge(&self, id: MetricId, labels: &[&str], value: u64);
+}
+
+/// Ids of the two labelled gauges (`None` when Envoy refused to define one).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gauges {
+    /// `wscap_active_connections{cluster,host}`.
+    pub active: Option<MetricId>,
+    /// `wscap_connection_limit{cluster,host}`.
+    pub limit: Option<MetricId>,
+}
+
+/// The extension's state (main thread only; the mutex only satisfies `Sync`).
+#[derive(Debug)]
+pub struct Bootstrap {
+    settings: BootstrapSettings,
+    gauges: Gauges,
+    /// Last value set per `(cluster, host)`: `(active, limit)`.
+    reported: Mutex<HashMap<(String, String), (u64, u64)>>,
+}
+
+impl Bootstrap {
+    /// New state.
+    pub fn new(settings: BootstrapSettings, gauges: Gauges) -> Self {
+        Bootstrap {
+            settings,
+            gauges,
+            reported: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The timer period.
+    pub fn interval_ms(&self) -> u64 {
+        self.settings.stats_interval_ms
+    }
+
+    /// Makes the gauges equal core's snapshot. Hosts gone from the snapshot are set to 0 once
+    /// (Envoy never removes a labelled series). Only changed values are written.
+    pub fn refresh(&self, snapshot: &Snapshot, sink: &impl GaugeSink) {
+        let mut reported = self
+            .reported
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut now: HashMap<(String, String), (u64, u64)> = HashMap::new();
+        for c in &snapshot.clusters {
+            for h in &c.hosts {
+                now.insert(
+                    (c.name.clone(), h.address.clone()),
+                    (u64::from(h.active), u64::from(h.limit)),
+                );
+            }
+        }
+        for (key, &(active, limit)) in &now {
+            let before = reported.get(key).copied();
+            let labels = [key.0.as_str(), key.1.as_str()];
+            if before.map(|b| b.0) != Some(active) {
+                if let Some(id) = self.gauges.active {
+                    sink.set_gauge(id, &labels, active);
+                }
+            }
+            if before.map(|b| b.1) != Some(limit) {
+                if let Some(id) = self.gauges.limit {
+                    sink.set_gauge(id, &labels, limit);
+                }
+            }
+        }
+        for key in reported.keys() {
+            if !now.contains_key(key) {
+                let labels = [key.0.as_str(), key.1.as_str()];
+                for id in [self.gauges.active, self.gauges.limit]
+                    .into_iter()
+                    .flatten()
+                {
+                    sink.set_gauge(id, &labels, 0);
+                }
+            }
+        }
+        *reported = now;
+    }
+}
+
+/// Answers an admin request: `(status, body)`. `GET /wscap` gives the JSON snapshot;
+/// `?format=prometheus` the text exposition.
+pub fn admin(method: &str, path: &str, snapshot: impl FnOnce() -> Snapshot) -> (u32, String) {
+    if !method.eq_ignore_ascii_case("GET") {
+        return (
+            405,
+            "{\"error\":\"method not allowed: use GET\"}\n".to_owned(),
+        );
+    }
+    let (route, query) = path.split_once('?').unwrap_or((path, ""));
+    if route != ADMIN_PATH {
+        return (404, "{\"error\":\"not found\"}\n".to_owned());
+    }
+    let mut format = "json";
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("format", f)) => format = f,
+            _ => {
+                return (
+                    400,
+                    format!("{{\"error\":\"unknown query parameter {:?}\"}}\n", pair),
+                )
+            }
+        }
+    }
+    match format {
+        "json" => (200, snapshot().to_json()),
+        "prometheus" => (200, snapshot().to_prometheus()),
+        other => (
+            400,
+            format!("{{\"error\":\"unknown format {other:?}: use json or prometheus\"}}\n"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use wscap_core::{HostSpec, Registry};
+
+    #[derive(Default)]
+    struct Sink(RefCell<Vec<(usize, Vec<String>, u64)>>);
+    impl GaugeSink for Sink {
+        fn set_gauge(&self, id: MetricId, labels: &[&str], value: u64) {
+            self.0.borrow_mut().push((
+                id.0,
+                labels.iter().map(|s| (*s).to_owned()).collect(),
+                value,
+            ));
+        }
+    }
+
+    #[test]
+    fn gauges_follow_the_snapshot_and_zero_removed_hosts() {
+        let reg = Registry::new();
+        let c = reg.set_default_limit("pods", 3).unwrap();
+        c.set_hosts(&[
+            HostSpec::parse("10.0.0.1:80").unwrap(),
+            HostSpec::parse("10.0.0.2:80").unwrap().with_limit(5),
+        ]);
+        let b = Bootstrap::new(
+            BootstrapSettings::default(),
+            Gauges {
+                active: Some(MetricId(1)),
+                limit: Some(MetricId(2)),
+            },
+        );
+        let sink = Sink::default();
+        let p = c.acquire_host(&"10.0.0.2:80".parse().unwrap()).unwrap();
+        b.refresh(&reg.snapshot(), &sink);
+        let mut got = sink.0.take();
+        got.sort();
+        let l = |h: &str| vec!["pods".to_owned(), h.to_owned()];
+        assert_eq!(
+            got,
+            vec![
+                (1, l("10.0.0.1:80"), 0),
+                (1, l("10.0.0.2:80"), 1),
+                (2, l("10.0.0.1:80"), 3),
+                (2, l("10.0.0.2:80"), 5),
+            ]
+        );
+        b.refresh(&reg.snapshot(), &sink);
+        assert!(
+            sink.0.take().is_empty(),
+            "unchanged values are not rewritten"
+        );
+        drop(p);
+        c.set_hosts(&[HostSpec::parse("10.0.0.2:80").unwrap().with_limit(5)]);
+        b.refresh(&reg.snapshot(), &sink);
+        let mut got = sink.0.take();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                (1, l("10.0.0.1:80"), 0),
+                (1, l("10.0.0.2:80"), 0),
+                (2, l("10.0.0.1:80"), 0),
+            ]
+        );
+    }
+
+    #[test]
+    fn admin_routes() {
+        let reg = Registry::new();
+        reg.set_default_limit("pods", 2).unwrap();
+        let (s, body) = admin("GET", "/wscap", || reg.snapshot());
+        assert_eq!(s, 200);
+        assert!(body.starts_with("{\"clusters\":[{\"name\":\"pods\""));
+        let (s, body) = admin("GET", "/wscap?format=prometheus", || reg.snapshot());
+        assert_eq!(s, 200);
+        assert!(body.contains("# TYPE wscap_active_connections gauge"));
+        assert_eq!(admin("GET", "/wscap?format=xml", || reg.snapshot()).0, 400);
+        assert_eq!(admin("GET", "/wscap?x=1", || reg.snapshot()).0, 400);
+        assert_eq!(admin("POST", "/wscap", || reg.snapshot()).0, 405);
+        assert_eq!(admin("GET", "/wscapx", || reg.snapshot()).0, 404);
+    }
+}

@@ -1,0 +1,351 @@
+//! The LB policy `wscap`: feeds the cluster's live membership into core and balances the
+//! traffic Envoy asks it to place.
+//!
+//! Envoy runs one LB instance per thread (main + each worker) and calls the membership hook on
+//! each of them, so the feed is set-based and idempotent: every call hands core the whole
+//! current healthy host set ([`wscap_core::Cluster::set_hosts`]); hosts that left or turned
+//! unhealthy drain in core.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use wscap_core::{Cluster, HostSpec, Registry, MAX_LIMIT};
+
+use crate::Level;
+
+/// The endpoint metadata namespace read for per-host limits.
+pub const METADATA_NAMESPACE: &str = "wscap";
+/// The endpoint metadata key read for per-host limits.
+pub const METADATA_KEY: &str = "max_connections";
+
+/// What the LB policy reads from Envoy's view of the cluster.
+pub trait ClusterView {
+    /// The cluster's name.
+    fn cluster_name(&self) -> String;
+    /// Number of priorities.
+    fn priorities(&self) -> usize;
+    /// All hosts of a priority.
+    fn hosts_count(&self, priority: u32) -> usize;
+    /// Address of the `index`-th host (all hosts) of a priority.
+    fn host_address(&self, priority: u32, index: usize) -> Option<&str>;
+    /// Healthy hosts of a priority.
+    fn healthy_count(&self, priority: u32) -> usize;
+    /// Address of the `index`-th healthy host of a priority.
+    fn healthy_address(&self, priority: u32, index: usize) -> Option<&str>;
+    /// A number from the host's (all-hosts index) `filter_metadata[ns][key]`.
+    fn host_metadata_number(&self, priority: u32, index: usize, ns: &str, key: &str)
+        -> Option<f64>;
+}
+
+/// What the LB policy reads from one host-selection request.
+pub trait RequestView {
+    /// The override host a filter set (`ip:port`, strict?).
+    fn override_host(&self) -> Option<(&str, bool)>;
+}
+
+/// One LB instance (one per thread).
+#[derive(Debug)]
+pub struct Lb {
+    cluster: Option<Cluster>,
+    next: AtomicUsize,
+}
+
+/// Converts a metadata number into a limit; `None` (with a reason) when it is not one.
+pub fn metadata_limit(value: f64) -> Result<u32, String> {
+    if !value.is_finite() || value < 0.0 || value.fract() != 0.0 {
+        return Err(format!("{value} is not a non-negative integer"));
+    }
+    if value > f64::from(MAX_LIMIT) {
+        return Err(format!("{value} is larger than the maximum {MAX_LIMIT}"));
+    }
+    Ok(value as u32)
+}
+
+/// Reads the healthy host set of every priority, with per-host limits from metadata.
+pub fn healthy_specs(view: &impl ClusterView) -> Vec<HostSpec> {
+    let mut specs = Vec::new();
+    for p in 0..view.priorities() {
+        let Ok(p) = u32::try_from(p) else { break };
+        let healthy: HashMap<&str, ()> = (0..view.healthy_count(p))
+            .filter_map(|i| view.healthy_address(p, i))
+            .map(|a| (a, ()))
+            .collect();
+        if healthy.is_empty() {
+            continue;
+        }
+        // Metadata is indexed by the all-hosts list: walk it and keep the healthy ones.
+        for i in 0..view.hosts_count(p) {
+            let Some(addr) = view.host_address(p, i) else {
+                continue;
+            };
+            if !healthy.contains_key(addr) {
+                continue;
+            }
+            let mut spec = match HostSpec::parse(addr) {
+                Ok(s) => s,
+                Err(e) => {
+                    crate::log(Level::Warn, &format!("wscap lb: skipping host: {e}"));
+                    continue;
+                }
+            };
+            if let Some(v) = view.host_metadata_number(p, i, METADATA_NAMESPACE, METADATA_KEY) {
+                match metadata_limit(v) {
+                    Ok(limit) => spec = spec.with_limit(limit),
+                    Err(e) => crate::log(
+                        Level::Warn,
+                        &format!(
+                            "wscap lb: host {addr}: filter_metadata.{METADATA_NAMESPACE}.{METADATA_KEY} {e}; using the cluster default"
+                        ),
+                    ),
+                }
+            }
+            specs.push(spec);
+        }
+    }
+    specs
+}
+
+impl Lb {
+    /// A new LB instance; reads the membership at once.
+    pub fn new(registry: &Registry, view: &impl ClusterView) -> Self {
+        let name = view.cluster_name();
+        let cluster = match registry.cluster_or_create(&name) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                crate::log(Level::Error, &format!("wscap lb: cluster {name:?}: {e}"));
+                None
+            }
+        };
+        let lb = Lb {
+            cluster,
+            next: AtomicUsize::new(0),
+        };
+        lb.sync(view);
+        lb
+    }
+
+    /// Hands core the whole current healthy set. Idempotent.
+    pub fn sync(&self, view: &impl ClusterView) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let specs = healthy_specs(view);
+        let change = cluster.set_hosts(&specs);
+        if change != Default::default() {
+            crate::log(
+                Level::Info,
+                &format!(
+                    "wscap lb: cluster {}: {} hosts ({} added, {} draining, {} revived, {} removed)",
+                    cluster.name(),
+                    specs.len(),
+                    change.added,
+                    change.drained,
+                    change.revived,
+                    change.removed
+                ),
+            );
+        }
+    }
+
+    /// Picks `(priority, index among that priority's healthy hosts)`.
+    ///
+    /// An override host (set by the filter for a WebSocket) is honoured when it is healthy; a
+    /// strict override that is not healthy gets no host. Everything else goes round robin over
+    /// the healthy hosts of the first priority that has any.
+    pub fn choose(
+        &self,
+        view: &impl ClusterView,
+        request: &impl RequestView,
+    ) -> Option<(u32, u32)> {
+        if let Some((host, strict)) = request.override_host() {
+            crate::log(
+                Level::Debug,
+                &format!(
+                    "wscap lb: choose_host called with override host {host} (strict={strict})"
+                ),
+            );
+            for p in 0..view.priorities() {
+                let p = u32::try_from(p).ok()?;
+                for i in 0..view.healthy_count(p) {
+                    if view.healthy_address(p, i) == Some(host) {
+                        return Some((p, u32::try_from(i).ok()?));
+                    }
+                }
+            }
+            if strict {
+                return None;
+            }
+        }
+        for p in 0..view.priorities() {
+            let p = u32::try_from(p).ok()?;
+            let n = view.healthy_count(p);
+            if n > 0 {
+                let i = self.next.fetch_add(1, Ordering::Relaxed) % n;
+                return Some((p, u32::try_from(i).ok()?));
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default, Clone)]
+    struct Host {
+        addr: String,
+        healthy: bool,
+        limit: Option<f64>,
+    }
+
+    #[derive(Default)]
+    struct View {
+        name: String,
+        prios: Vec<Vec<Host>>,
+    }
+
+    impl View {
+        fn healthy(&self, p: u32) -> Vec<&Host> {
+            self.prios[p as usize]
+                .iter()
+                .filter(|h| h.healthy)
+                .collect()
+        }
+    }
+
+    impl ClusterView for View {
+        fn cluster_name(&self) -> String {
+            self.name.clone()
+        }
+        fn priorities(&self) -> usize {
+            self.prios.len()
+        }
+        fn hosts_count(&self, p: u32) -> usize {
+            self.prios[p as usize].len()
+        }
+        fn host_address(&self, p: u32, i: usize) -> Option<&str> {
+            self.prios[p as usize].get(i).map(|h| h.addr.as_str())
+        }
+        fn healthy_count(&self, p: u32) -> usize {
+            self.healthy(p).len()
+        }
+        fn healthy_address(&self, p: u32, i: usize) -> Option<&str> {
+            self.healthy(p).get(i).map(|h| h.addr.as_str())
+        }
+        fn host_metadata_number(&self, p: u32, i: usize, ns: &str, key: &str) -> Option<f64> {
+            assert_eq!((ns, key), ("wscap", "max_connections"));
+            self.prios[p as usize].get(i).and_then(|h| h.limit)
+        }
+    }
+
+    struct Req(Option<(String, bool)>);
+    impl RequestView for Req {
+        fn override_host(&self) -> Option<(&str, bool)> {
+            self.0.as_ref().map(|(h, s)| (h.as_str(), *s))
+        }
+    }
+
+    fn host(addr: &str, healthy: bool, limit: Option<f64>) -> Host {
+        Host {
+            addr: addr.into(),
+            healthy,
+            limit,
+        }
+    }
+
+    fn view() -> View {
+        View {
+            name: "pods".into(),
+            prios: vec![
+                vec![
+                    host("10.0.0.1:80", true, None),
+                    host("10.0.0.2:80", false, Some(3.0)),
+                    host("10.0.0.3:80", true, Some(7.0)),
+                ],
+                vec![host("10.0.1.1:80", true, Some(1.5))],
+            ],
+        }
+    }
+
+    #[test]
+    fn metadata_limits() {
+        assert_eq!(metadata_limit(0.0), Ok(0));
+        assert_eq!(metadata_limit(20.0), Ok(20));
+        assert!(metadata_limit(-1.0).is_err());
+        assert!(metadata_limit(1.5).is_err());
+        assert!(metadata_limit(f64::NAN).is_err());
+        assert!(metadata_limit(1e12).is_err());
+    }
+
+    #[test]
+    fn feeds_healthy_hosts_of_all_priorities_with_limits() {
+        let specs = healthy_specs(&view());
+        let got: Vec<_> = specs.iter().map(|s| (s.addr.as_str(), s.limit)).collect();
+        assert_eq!(
+            got,
+            [
+                ("10.0.0.1:80", None),
+                ("10.0.0.3:80", Some(7)),
+                ("10.0.1.1:80", None) // 1.5 is refused: cluster default
+            ]
+        );
+    }
+
+    #[test]
+    fn sync_is_idempotent_and_unhealthy_hosts_drain() {
+        let reg = Registry::new();
+        reg.set_default_limit("pods", 2).unwrap();
+        let mut v = view();
+        let lb = Lb::new(&reg, &v);
+        let lb2 = Lb::new(&reg, &v); // another thread's instance: same result
+        lb.sync(&v);
+        lb2.sync(&v);
+        let c = reg.cluster("pods").unwrap();
+        let snap = c.snapshot();
+        assert_eq!(snap.hosts.len(), 3);
+        let p = c.acquire_host(&"10.0.0.3:80".parse().unwrap()).unwrap();
+        v.prios[0][2].healthy = false;
+        lb.sync(&v);
+        lb2.sync(&v);
+        let h = c.host(&"10.0.0.3:80".parse().unwrap()).unwrap();
+        assert!(h.is_draining());
+        assert_eq!(h.active(), 1);
+        drop(p);
+        assert!(c.host(&"10.0.0.3:80".parse().unwrap()).is_none());
+        assert_eq!(c.snapshot().hosts.len(), 2);
+    }
+
+    #[test]
+    fn choose_honours_override_and_round_robins() {
+        let reg = Registry::new();
+        let v = view();
+        let lb = Lb::new(&reg, &v);
+        // 10.0.0.3 is healthy index 1 in priority 0.
+        assert_eq!(
+            lb.choose(&v, &Req(Some(("10.0.0.3:80".into(), true)))),
+            Some((0, 1))
+        );
+        assert_eq!(
+            lb.choose(&v, &Req(Some(("10.0.1.1:80".into(), true)))),
+            Some((1, 0))
+        );
+        assert_eq!(
+            lb.choose(&v, &Req(Some(("10.0.0.2:80".into(), true)))),
+            None,
+            "unhealthy, strict"
+        );
+        assert!(lb
+            .choose(&v, &Req(Some(("10.0.0.2:80".into(), false))))
+            .is_some());
+        let picks: Vec<_> = (0..4).map(|_| lb.choose(&v, &Req(None)).unwrap()).collect();
+        assert!(picks.iter().all(|(p, _)| *p == 0));
+        assert_ne!(picks[0], picks[1]);
+        assert_eq!(picks[0], picks[2]);
+        let empty = View {
+            name: "e".into(),
+            prios: vec![vec![host("10.0.0.1:80", false, None)]],
+        };
+        assert_eq!(Lb::new(&reg, &empty).choose(&empty, &Req(None)), None);
+    }
+}
