@@ -23,6 +23,9 @@ use tokio_tungstenite::tungstenite::Message;
 /// Header the backend adds to its `101` and plain responses: its name.
 pub const BACKEND_HEADER: &str = "x-backend";
 
+/// A text message asking the backend to close that connection with a server close frame.
+pub const CLOSE_ME: &str = "__wscap_e2e_close_me__";
+
 /// Body of the plain HTTP answer of backend `name`.
 pub fn plain_body(name: &str) -> String {
     format!("plain hello from {name}\n")
@@ -279,6 +282,11 @@ async fn websocket(sock: TcpStream, sh: Arc<Shared>, name: String) {
             tokio::select! {
                 _ = &mut close_deadline, if closing => break,
                 msg = ws.next() => match msg {
+                    Some(Ok(Message::Text(t))) if t.as_str() == CLOSE_ME => {
+                        closing = true;
+                        close_deadline.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(5));
+                        let _ = ws.close(None).await;
+                    }
                     Some(Ok(Message::Text(t))) => {
                         if ws.send(Message::Text(t)).await.is_err() { break; }
                     }

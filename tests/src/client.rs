@@ -189,3 +189,14 @@ impl WsClient {
             .map_err(|_| format!("still open after {deadline:?}"))
     }
 }
+
+impl WsClient {
+    /// Ask the backend to close this connection with a server close frame, and wait for the end.
+    pub async fn server_close(&mut self) -> Result<String, String> {
+        self.ws()
+            .send(Message::Text(crate::backend::CLOSE_ME.into()))
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        self.wait_closed(Duration::from_secs(10)).await
+    }
+}

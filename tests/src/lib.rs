@@ -18,6 +18,7 @@ pub mod config;
 pub mod envoy;
 pub mod http;
 pub mod metrics;
+pub mod rig;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

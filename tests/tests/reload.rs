@@ -1,0 +1,101 @@
+//! (e) A configuration update (the listener reloaded through file-based LDS, with a changed filter
+//! config) keeps the live counts: connections admitted under the old config still count against
+//! the limit under the new one.
+
+use wscap_e2e::backend::Backend;
+use wscap_e2e::client::connect;
+use wscap_e2e::config::{self, Endpoint, ListenerSpec};
+use wscap_e2e::envoy::{Envoy, Opts};
+use wscap_e2e::metrics;
+use wscap_e2e::rig::{CLUSTER, LISTENER};
+use wscap_e2e::{eventually, write_atomic, SETTLE};
+
+const LIMIT: u32 = 3;
+
+fn listener(port: u16, retry_after: u32, version: &str) -> ListenerSpec {
+    let mut l = ListenerSpec::new(
+        LISTENER,
+        CLUSTER,
+        vec![config::wscap_filter(&config::filter_config(CLUSTER, LIMIT, retry_after))],
+    );
+    l.port = port;
+    l.response_header = Some(("x-config-version".into(), version.into()));
+    l
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lds_reload_keeps_live_counts() {
+    let pod = Backend::start("pod-0").await;
+    let dir = wscap_e2e::scratch_dir("lds");
+    let lds_dir = dir.join("lds");
+    std::fs::create_dir_all(&lds_dir).unwrap();
+    let lds = lds_dir.join("listeners.json");
+    let port = wscap_e2e::free_port();
+    write_atomic(&lds, &config::lds_file_contents(&[listener(port, 7, "v1")], 1));
+    let mut boot = config::bootstrap(
+        &[],
+        vec![config::static_cluster(CLUSTER, &[Endpoint::new(pod.addr)], true)],
+        true,
+    );
+    config::use_file_lds(&mut boot, &lds);
+    let mut envoy = Envoy::try_start_in(&dir, &boot, &Opts::with_module(wscap_e2e::concurrency()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(envoy.listener_port(LISTENER).await, port);
+
+    let mut old = vec![
+        connect(port, "/ws").await.expect_open("old 1"),
+        connect(port, "/ws").await.expect_open("old 2"),
+    ];
+    let wscap_active = |doc: &serde_json::Value| metrics::host(doc, CLUSTER, &pod.host()).map_or(-1, |h| h.active);
+    assert_eq!(wscap_active(&envoy.wscap().await), 2);
+    let before = envoy.stat("listener_manager.lds.update_success").await.unwrap_or(0);
+
+    // New listener config: another retry-after and another response header.
+    write_atomic(&lds, &config::lds_file_contents(&[listener(port, 9, "v2")], 2));
+    eventually("LDS update applied", SETTLE, || async {
+        let n = envoy.stat("listener_manager.lds.update_success").await.unwrap_or(0);
+        (n > before).then_some(()).ok_or(format!("update_success {n} (was {before})"))
+    })
+    .await;
+    let rejected = envoy.stat("listener_manager.lds.update_rejected").await.unwrap_or(0);
+    assert_eq!(rejected, 0, "LDS update rejected");
+
+    // The old tunnels are alive and still counted, everywhere.
+    for c in old.iter_mut() {
+        c.echo("across the reload").await.expect("old tunnel alive");
+    }
+    assert_eq!(pod.active(), 2);
+    assert_eq!(wscap_active(&envoy.wscap().await), 2, "/wscap kept the count");
+
+    // Under the new config exactly one more fits (3 - 2), and the refusal comes from the new config.
+    let n = eventually("new connection served by the v2 listener", SETTLE, || async {
+        match connect(port, "/ws").await {
+            wscap_e2e::client::Outcome::Open(c) => Ok(c),
+            o => Err(format!("status {}", o.status())),
+        }
+    })
+    .await;
+    let r = eventually("refusal from the v2 config", SETTLE, || async {
+        let r = connect(port, "/ws").await.expect_refused("over the limit after reload");
+        (r.header("retry-after") == Some("9")).then_some(r.clone()).ok_or(format!("headers {:?}", r.headers))
+    })
+    .await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("x-wscap-reason"), Some("no_capacity"));
+    assert_eq!(pod.active(), 3);
+    assert_eq!(pod.max_seen(), 3, "the reload never let the pod go over its limit");
+    assert_eq!(wscap_active(&envoy.wscap().await), 3);
+
+    // Everyone leaves: back to 0 (the old config's streams release into the same counts).
+    n.close().await;
+    for c in old {
+        c.close().await;
+    }
+    eventually("back to 0", SETTLE, || async {
+        let a = wscap_active(&envoy.wscap().await);
+        (a == 0 && pod.active() == 0).then_some(()).ok_or(format!("/wscap {a}, pod {}", pod.active()))
+    })
+    .await;
+    envoy.assert_running();
+}
