@@ -6,7 +6,7 @@
 //! current healthy host set ([`wscap_core::Cluster::set_hosts`]); hosts that left or turned
 //! unhealthy drain in core.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use wscap_core::{Cluster, HostSpec, Registry, MAX_LIMIT};
@@ -66,9 +66,8 @@ pub fn healthy_specs(view: &impl ClusterView) -> Vec<HostSpec> {
     let mut specs = Vec::new();
     for p in 0..view.priorities() {
         let Ok(p) = u32::try_from(p) else { break };
-        let healthy: HashMap<&str, ()> = (0..view.healthy_count(p))
+        let healthy: HashSet<&str> = (0..view.healthy_count(p))
             .filter_map(|i| view.healthy_address(p, i))
-            .map(|a| (a, ()))
             .collect();
         if healthy.is_empty() {
             continue;
@@ -78,7 +77,7 @@ pub fn healthy_specs(view: &impl ClusterView) -> Vec<HostSpec> {
             let Some(addr) = view.host_address(p, i) else {
                 continue;
             };
-            if !healthy.contains_key(addr) {
+            if !healthy.contains(addr) {
                 continue;
             }
             let mut spec = match HostSpec::parse(addr) {
@@ -106,7 +105,13 @@ pub fn healthy_specs(view: &impl ClusterView) -> Vec<HostSpec> {
 }
 
 impl Lb {
-    /// A new LB instance; reads the membership at once.
+    /// A new LB instance; reads the membership at once, unless the view holds no host at all.
+    ///
+    /// Observed on Envoy 1.40: the LB instances of worker threads are created before their
+    /// thread-local priority set is filled (zero hosts), and the membership hook follows at
+    /// once with the real set. Feeding that empty view to core would drain (or drop) every
+    /// host of the cluster for a moment and refuse WebSockets meanwhile, so an empty view at
+    /// creation is ignored; an empty set delivered by the membership hook is honoured.
     pub fn new(registry: &Registry, view: &impl ClusterView) -> Self {
         let name = view.cluster_name();
         let cluster = match registry.cluster_or_create(&name) {
@@ -120,7 +125,12 @@ impl Lb {
             cluster,
             next: AtomicUsize::new(0),
         };
-        lb.sync(view);
+        let any_host = (0..view.priorities())
+            .filter_map(|p| u32::try_from(p).ok())
+            .any(|p| view.hosts_count(p) > 0);
+        if any_host {
+            lb.sync(view);
+        }
         lb
     }
 
@@ -314,6 +324,32 @@ mod tests {
         drop(p);
         assert!(c.host(&"10.0.0.3:80".parse().unwrap()).is_none());
         assert_eq!(c.snapshot().hosts.len(), 2);
+    }
+
+    #[test]
+    fn a_new_instance_with_an_empty_view_does_not_empty_the_cluster() {
+        let reg = Registry::new();
+        reg.set_default_limit("pods", 2).unwrap();
+        let v = view();
+        let main = Lb::new(&reg, &v);
+        let c = reg.cluster("pods").unwrap();
+        let _p = c.acquire().unwrap();
+        let empty = View {
+            name: "pods".into(),
+            prios: vec![vec![]],
+        };
+        let worker = Lb::new(&reg, &empty);
+        let snap = c.snapshot();
+        assert_eq!(snap.hosts.len(), 3);
+        assert!(snap
+            .hosts
+            .iter()
+            .all(|h| h.state == wscap_core::HostState::Active));
+        // The membership hook's empty set is the truth, though.
+        worker.sync(&empty);
+        assert!(c.acquire().is_err());
+        main.sync(&v);
+        assert!(c.acquire().is_ok());
     }
 
     #[test]
