@@ -1347,3 +1347,239 @@ pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_listener_removal(
     _name: EnvoyBuffer,
 ) {
 }
+
+/// Unit tests link without Envoy: inert definitions of every imported callback, so hooks can be
+/// called directly (they must not reach a callback in a way that matters to the test).
+#[cfg(test)]
+mod stubs {
+    use super::{EnvoyBuffer, ModuleBuffer, ModuleHeader};
+    use std::ffi::c_void;
+
+    #[no_mangle]
+    extern "C" fn envoy_dynamic_module_callback_http_get_header(
+        _: *mut c_void,
+        _: i32,
+        _: ModuleBuffer,
+        _: *mut EnvoyBuffer,
+        _: usize,
+        _: *mut usize,
+    ) -> bool {
+        false
+    }
+    #[no_mangle]
+    extern "C" fn envoy_dynamic_module_callback_http_set_upstream_override_host(
+        _: *mut c_void,
+        _: ModuleBuffer,
+        _: bool,
+    ) -> bool {
+        false
+    }
+    #[no_mangle]
+    extern "C" fn envoy_dynamic_module_callback_http_filter_get_attribute_string(
+        _: *mut c_void,
+        _: i32,
+        _: *mut EnvoyBuffer,
+    ) -> bool {
+        false
+    }
+    #[no_mangle]
+    extern "C" fn envoy_dynamic_module_callback_http_send_response(
+        _: *mut c_void,
+        _: u32,
+        _: *const ModuleHeader,
+        _: usize,
+        _: ModuleBuffer,
+        _: ModuleBuffer,
+    ) {
+    }
+    #[no_mangle]
+    extern "C" fn envoy_dynamic_module_callback_http_filter_config_define_counter(
+        _: *mut c_void,
+        _: ModuleBuffer,
+        _: *const ModuleBuffer,
+        _: usize,
+        _: *mut usize,
+    ) -> i32 {
+        1
+    }
+    #[no_mangle]
+    extern "C" fn envoy_dynamic_module_callback_http_filter_increment_counter(
+        _: *mut c_void,
+        _: usize,
+        _: *const ModuleBuffer,
+        _: usize,
+        _: u64,
+    ) -> i32 {
+        1
+    }
+    #[no_mangle]
+    extern "C" fn envoy_dynamic_module_callback_bootstrap_extension_config_define_gauge(
+        _: *mut c_void,
+        _: ModuleBuffer,
+        _: *const ModuleBuffer,
+        _: usize,
+        _: *mut usize,
+    ) -> i32 {
+        1
+    }
+    #[no_mangle]
+    extern "C" fn envoy_dynamic_module_callback_bootstrap_extension_config_set_gauge(
+        _: *mut c_void,
+        _: usize,
+        _: *const ModuleBuffer,
+        _: usize,
+        _: u64,
+    ) -> i32 {
+        1
+    }
+    #[no_mangle]
+    extern "C" fn envoy_dynamic_module_callback_bootstrap_extension_register_admin_handler(
+        _: *mut c_void,
+        _: ModuleBuffer,
+        _: ModuleBuffer,
+        _: bool,
+        _: bool,
+    ) -> bool {
+        false
+    }
+    #[no_mangle]
+    extern "C" fn envoy_dynamic_module_callback_bootstrap_extension_admin_set_response(
+        _: *mut c_void,
+        _: ModuleBuffer,
+    ) {
+    }
+    #[no_mangle]
+    extern "C" fn envoy_dynamic_module_callback_bootstrap_extension_config_signal_init_complete(
+        _: *mut c_void,
+    ) {
+    }
+    #[no_mangle]
+    extern "C" fn envoy_dynamic_module_callback_bootstrap_extension_timer_new(
+        _: *mut c_void,
+    ) -> *mut c_void {
+        std::ptr::null_mut()
+    }
+    #[no_mangle]
+    extern "C" fn envoy_dynamic_module_callback_bootstrap_extension_timer_enable(
+        _: *mut c_void,
+        _: u64,
+    ) {
+    }
+    #[no_mangle]
+    extern "C" fn envoy_dynamic_module_callback_bootstrap_extension_timer_delete(_: *mut c_void) {}
+    #[no_mangle]
+    extern "C" fn envoy_dynamic_module_callback_lb_get_cluster_name(
+        _: *mut c_void,
+        _: *mut EnvoyBuffer,
+    ) {
+    }
+    #[no_mangle]
+    extern "C" fn envoy_dynamic_module_callback_lb_get_priority_set_size(_: *mut c_void) -> usize {
+        0
+    }
+    #[no_mangle]
+    extern "C" fn envoy_dynamic_module_callback_lb_get_hosts_count(
+        _: *mut c_void,
+        _: u32,
+    ) -> usize {
+        0
+    }
+    #[no_mangle]
+    extern "C" fn envoy_dynamic_module_callback_lb_get_healthy_hosts_count(
+        _: *mut c_void,
+        _: u32,
+    ) -> usize {
+        0
+    }
+    #[no_mangle]
+    extern "C" fn envoy_dynamic_module_callback_lb_get_host_address(
+        _: *mut c_void,
+        _: u32,
+        _: usize,
+        _: *mut EnvoyBuffer,
+    ) -> bool {
+        false
+    }
+    #[no_mangle]
+    extern "C" fn envoy_dynamic_module_callback_lb_get_healthy_host_address(
+        _: *mut c_void,
+        _: u32,
+        _: usize,
+        _: *mut EnvoyBuffer,
+    ) -> bool {
+        false
+    }
+    #[no_mangle]
+    extern "C" fn envoy_dynamic_module_callback_lb_get_host_metadata_number(
+        _: *mut c_void,
+        _: u32,
+        _: usize,
+        _: ModuleBuffer,
+        _: ModuleBuffer,
+        _: *mut f64,
+    ) -> bool {
+        false
+    }
+    #[no_mangle]
+    extern "C" fn envoy_dynamic_module_callback_lb_context_get_override_host(
+        _: *mut c_void,
+        _: *mut EnvoyBuffer,
+        _: *mut bool,
+    ) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guard_catches_panics_and_answers_with_the_fallback() {
+        assert_eq!(guard("t", || 1, || 2), 1);
+        assert_eq!(guard("t", || -> i32 { panic!("boom") }, || 2), 2);
+        let mut released = false;
+        guard(
+            "t",
+            || panic!("{}", String::from("owned message")),
+            || released = true,
+        );
+        assert!(released);
+    }
+
+    #[test]
+    fn program_init_reports_the_abi_version() {
+        let v = envoy_dynamic_module_on_program_init();
+        // SAFETY: a pointer to a static NUL-terminated string.
+        let s = unsafe { CStr::from_ptr(v) };
+        assert_eq!(s.to_str().unwrap(), crate::ABI_VERSION);
+    }
+
+    #[test]
+    fn bad_configs_return_null() {
+        let buf = |s: &'static str| EnvoyBuffer {
+            ptr: s.as_ptr().cast(),
+            length: s.len(),
+        };
+        // Refused before any Envoy callback is made (name or JSON checks).
+        let p =
+            envoy_dynamic_module_on_lb_config_new(ptr::null_mut(), buf("wscap"), buf("{\"x\":1}"));
+        assert!(p.is_null());
+        let p = envoy_dynamic_module_on_lb_config_new(ptr::null_mut(), buf("other"), buf("{}"));
+        assert!(p.is_null());
+        let p = envoy_dynamic_module_on_lb_config_new(ptr::null_mut(), buf("wscap"), buf(""));
+        assert!(!p.is_null());
+        let p = envoy_dynamic_module_on_http_filter_config_new(
+            ptr::null_mut(),
+            buf("wscap"),
+            buf("{\"cluster\":\"a\",\"max_connections_per_host\":-5}"),
+        );
+        assert!(p.is_null());
+        let p = envoy_dynamic_module_on_bootstrap_extension_config_new(
+            ptr::null_mut(),
+            buf("wscap"),
+            buf("[]"),
+        );
+        assert!(p.is_null());
+    }
+}

@@ -75,7 +75,7 @@ async fn wscap_json(envoy: &Envoy) -> Value {
     serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("/wscap not JSON ({e}): {}", r.body))
 }
 
-fn host<'a>(json: &'a Value, addr: SocketAddr) -> &'a Value {
+fn host(json: &Value, addr: SocketAddr) -> &Value {
     let cluster = json["clusters"]
         .as_array()
         .expect("clusters")
@@ -290,6 +290,10 @@ async fn cap_steering_refusal_admin_and_stats() {
     }
     eprintln!("choose_host called for override-host streams: {consulted}");
     assert!(!log.contains("wscap: panic"), "{log}");
+    assert!(
+        log.contains("Dynamic module ABI version v0.2.0 matched"),
+        "program_init's ABI string: {log}"
+    );
 }
 
 fn refused_with(setup: &Setup<'_>, needle: &str) {

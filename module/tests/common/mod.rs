@@ -335,19 +335,14 @@ async fn serve(stream: TcpStream, me: SocketAddr) {
             return;
         };
         while let Some(Ok(msg)) = ws.next().await {
-            match msg {
-                Message::Text(t) if t.as_str() == "whoami" => {
-                    if ws.send(Message::text(me.to_string())).await.is_err() {
-                        return;
-                    }
-                }
-                Message::Text(_) | Message::Binary(_) => {
-                    if ws.send(msg).await.is_err() {
-                        return;
-                    }
-                }
+            let reply = match msg {
+                Message::Text(t) if t.as_str() == "whoami" => Message::text(me.to_string()),
+                Message::Text(_) | Message::Binary(_) => msg,
                 Message::Close(_) => return,
-                _ => {}
+                _ => continue,
+            };
+            if ws.send(reply).await.is_err() {
+                return;
             }
         }
     } else {
