@@ -8,7 +8,11 @@
 //! - HTTP/1.1 upgrade: `request_headers` sees `upgrade: websocket` and `connection: Upgrade`;
 //!   `response_headers` sees `:status 101`, and the `UpstreamAddress` attribute is the real
 //!   endpoint `ip:port` there.
-//! - HTTP/2 extended CONNECT (RFC 8441): see the module README for what reaches the filter.
+//! - HTTP/2 extended CONNECT (RFC 8441, `:method CONNECT` + `:protocol websocket`): Envoy's
+//!   HTTP/2 codec rewrites it into the HTTP/1.1 form (`:method GET`, `upgrade: websocket`,
+//!   `connection: upgrade`) before the filter chain, and the filter sees `:status 101` in
+//!   `response_headers` (the codec turns it back into `200` afterwards). Observed on 1.40.0 in
+//!   `tests/http2.rs`; `:protocol` never reaches the filter, so it is not looked up.
 
 use std::sync::Arc;
 
