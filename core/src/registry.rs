@@ -94,14 +94,12 @@ pub(crate) struct HostSlot {
 /// Everything an admission touches, on one cache line of its own.
 struct Hot {
     state: SlotState,
-    admitted: AtomicU64,
     peak: std::sync::atomic::AtomicU32,
 }
 
 impl HostSlot {
     #[inline]
-    fn admitted(&self, now: u32) {
-        self.hot.admitted.fetch_add(1, Ordering::Relaxed);
+    fn note_admission(&self, now: u32) {
         if now > self.hot.peak.load(Ordering::Relaxed) {
             self.hot.peak.fetch_max(now, Ordering::Relaxed);
         }
@@ -137,7 +135,7 @@ impl HostSlot {
             } else {
                 HostState::Active
             },
-            admitted: self.hot.admitted.load(Ordering::Relaxed),
+            admitted: self.hot.state.admitted(),
             rejected: self.rejected.load(Ordering::Relaxed),
             peak: self.hot.peak.load(Ordering::Relaxed),
         }
@@ -187,7 +185,7 @@ impl Host {
     pub fn try_acquire(&self) -> Result<Permit, Rejected> {
         match self.0.hot.state.try_acquire() {
             Ok(now) => {
-                self.0.admitted(now);
+                self.0.note_admission(now);
                 Ok(Permit::new(Arc::clone(&self.0)))
             }
             Err(refusal) => {
@@ -380,7 +378,7 @@ impl Cluster {
                 return Err(self.refuse(list));
             };
             if let Ok(now) = slot.hot.state.try_acquire() {
-                slot.admitted(now);
+                slot.note_admission(now);
                 return Ok(Permit::new(Arc::clone(slot)));
             }
             // Lost a race for that slot: look again.
@@ -436,7 +434,7 @@ impl Cluster {
             };
             match slot.hot.state.force_acquire() {
                 Ok(now) => {
-                    slot.admitted(now);
+                    slot.note_admission(now);
                     return Ok(Permit::new(slot));
                 }
                 // Pruned under us: the next load no longer holds it.
@@ -529,7 +527,6 @@ impl Cluster {
                 list.push(Arc::new(HostSlot {
                     hot: CachePadded::new(Hot {
                         state: SlotState::new(limit.unwrap_or(config.default_limit)),
-                        admitted: AtomicU64::new(0),
                         peak: std::sync::atomic::AtomicU32::new(0),
                     }),
                     rejected: CachePadded::new(AtomicU64::new(0)),

@@ -2,10 +2,14 @@
 //! admission, draining and removal can never race each other into an overshoot or a lost slot.
 //!
 //! ```text
+//! bits 34..64: admitted (low 30 bits; each wrap carries 2^30 into a separate counter)
 //! bit 33: REMOVED   set once, only from DRAINING with a count of 0; the slot is then dead
 //! bit 32: DRAINING  no new admissions; live connections still counted
 //! bits 0..32: active
 //! ```
+//!
+//! Counting admissions in the same word costs the admission nothing: the CAS that takes the slot
+//! bumps the counter too.
 //!
 //! This module sees atomics only through [`crate::sync`], so loom can model-check it.
 
@@ -14,6 +18,11 @@ use crate::sync::{AtomicU32, AtomicU64, Ordering};
 const ACTIVE_MASK: u64 = (1 << 32) - 1;
 const DRAINING: u64 = 1 << 32;
 const REMOVED: u64 = 1 << 33;
+const ADMITTED_SHIFT: u32 = 34;
+const ADMITTED_ONE: u64 = 1 << ADMITTED_SHIFT;
+/// One full wrap of the in-word admitted counter.
+const ADMITTED_WRAP: u64 = 1 << (64 - ADMITTED_SHIFT);
+const FLAGS: u64 = DRAINING | REMOVED;
 
 /// Why [`SlotState::try_acquire`] refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +40,8 @@ pub enum Refusal {
 pub struct SlotState {
     word: AtomicU64,
     limit: AtomicU32,
+    /// Admissions carried out of the word's admitted field (multiples of 2^30).
+    admitted_carry: AtomicU64,
 }
 
 impl SlotState {
@@ -39,6 +50,7 @@ impl SlotState {
         SlotState {
             word: AtomicU64::new(0),
             limit: AtomicU32::new(limit),
+            admitted_carry: AtomicU64::new(0),
         }
     }
 
@@ -54,13 +66,12 @@ impl SlotState {
             if active >= u64::from(self.limit.load(Ordering::Acquire)) {
                 return Err(Refusal::Full);
             }
-            match self.word.compare_exchange_weak(
-                cur,
-                cur + 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return Ok((active + 1) as u32),
+            let next = admit(cur);
+            match self.word.compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    self.carry(next);
+                    return Ok((active + 1) as u32);
+                }
                 Err(now) => cur = now,
             }
         }
@@ -78,16 +89,30 @@ impl SlotState {
             if active == ACTIVE_MASK {
                 return Err(Refusal::Full);
             }
-            match self.word.compare_exchange_weak(
-                cur,
-                cur + 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return Ok((active + 1) as u32),
+            let next = admit(cur);
+            match self.word.compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    self.carry(next);
+                    return Ok((active + 1) as u32);
+                }
                 Err(now) => cur = now,
             }
         }
+    }
+
+    #[inline]
+    fn carry(&self, next: u64) {
+        if next >> ADMITTED_SHIFT == 0 {
+            // The in-word counter wrapped with this admission.
+            self.admitted_carry.fetch_add(ADMITTED_WRAP, Ordering::Relaxed);
+        }
+    }
+
+    /// Admissions since the slot was made (a reading; exact once admissions pause).
+    pub fn admitted(&self) -> u64 {
+        let carry = self.admitted_carry.load(Ordering::Acquire);
+        let word = self.word.load(Ordering::Acquire);
+        carry + (word >> ADMITTED_SHIFT)
     }
 
     /// Gives one slot back. Returns true when this was the last connection of a draining host,
@@ -96,7 +121,7 @@ impl SlotState {
     pub fn release(&self) -> bool {
         let prev = self.word.fetch_sub(1, Ordering::AcqRel);
         debug_assert!(prev & ACTIVE_MASK != 0, "slot released more often than acquired");
-        prev == DRAINING | 1
+        prev & (ACTIVE_MASK | FLAGS) == DRAINING | 1
     }
 
     /// Stops new admissions. Live connections stay counted.
@@ -129,14 +154,23 @@ impl SlotState {
     /// Marks a draining, empty slot removed, atomically with respect to every admission.
     /// True if it is (now or already) removed.
     pub fn try_remove(&self) -> bool {
-        match self.word.compare_exchange(
-            DRAINING,
-            DRAINING | REMOVED,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
-            Ok(_) => true,
-            Err(now) => now & REMOVED != 0,
+        let mut cur = self.word.load(Ordering::Acquire);
+        loop {
+            if cur & REMOVED != 0 {
+                return true;
+            }
+            if cur & (ACTIVE_MASK | FLAGS) != DRAINING {
+                return false;
+            }
+            match self.word.compare_exchange_weak(
+                cur,
+                cur | REMOVED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
         }
     }
 
@@ -161,7 +195,7 @@ impl SlotState {
     #[inline]
     pub fn load(&self) -> (u32, bool) {
         let w = self.word.load(Ordering::Acquire);
-        ((w & ACTIVE_MASK) as u32, w & (DRAINING | REMOVED) != 0)
+        ((w & ACTIVE_MASK) as u32, w & FLAGS != 0)
     }
 
     /// The current limit.
@@ -176,9 +210,15 @@ impl SlotState {
     }
 }
 
+/// The word after one more admission: active + 1, admitted + 1 (wrapping within its field).
+#[inline]
+fn admit(word: u64) -> u64 {
+    word.wrapping_add(1).wrapping_add(ADMITTED_ONE)
+}
+
 #[inline]
 fn check_live(word: u64) -> Result<(), Refusal> {
-    if word & (DRAINING | REMOVED) == 0 {
+    if word & FLAGS == 0 {
         Ok(())
     } else if word & REMOVED != 0 {
         Err(Refusal::Removed)
@@ -225,6 +265,21 @@ mod tests {
         assert!(s.revive());
         assert_eq!(s.active(), 2);
         assert_eq!(s.try_acquire(), Ok(3));
+    }
+
+    #[test]
+    fn admitted_counts_every_admission_across_wraps() {
+        let s = SlotState::new(5);
+        // Start just below a wrap of the in-word field.
+        s.word.store((ADMITTED_WRAP - 2) << ADMITTED_SHIFT, Ordering::Relaxed);
+        for _ in 0..4 {
+            s.try_acquire().unwrap();
+            s.release();
+        }
+        assert_eq!(s.admitted(), ADMITTED_WRAP + 2);
+        assert_eq!(s.active(), 0);
+        s.drain();
+        assert!(s.try_remove(), "admitted bits do not block removal");
     }
 
     #[test]
