@@ -531,8 +531,46 @@ fn define(
     }
 }
 
-/// Runs a hook body; a panic is logged and answered with `fallback`.
-fn guard<R>(hook: &str, body: impl FnOnce() -> R, fallback: impl FnOnce() -> R) -> R {
+/// What a hook answers when even its fallback panicked: never an unwind into Envoy, never an
+/// abort of the proxy.
+trait LastResort {
+    fn last_resort() -> Self;
+}
+
+impl LastResort for () {
+    fn last_resort() -> Self {}
+}
+
+/// Header hooks: Continue (the stream goes on, holding no permit).
+impl LastResort for i32 {
+    fn last_resort() -> Self {
+        HEADERS_CONTINUE
+    }
+}
+
+/// Config and instance constructors: NULL (Envoy refuses the config).
+impl LastResort for *const c_void {
+    fn last_resort() -> Self {
+        ptr::null()
+    }
+}
+
+impl<T> LastResort for Option<T> {
+    fn last_resort() -> Self {
+        None
+    }
+}
+
+/// Admin requests: 500 with an empty body.
+impl LastResort for (u32, String) {
+    fn last_resort() -> Self {
+        (500, String::new())
+    }
+}
+
+/// Runs a hook body; a panic is logged and answered with `fallback` (and, should the fallback
+/// panic too, with [`LastResort`]).
+fn guard<R: LastResort>(hook: &str, body: impl FnOnce() -> R, fallback: impl FnOnce() -> R) -> R {
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(r) => r,
         Err(payload) => {
@@ -543,11 +581,7 @@ fn guard<R>(hook: &str, body: impl FnOnce() -> R, fallback: impl FnOnce() -> R) 
                 .unwrap_or_else(|| "unknown panic".to_owned());
             // Logging itself must not unwind.
             let _ = catch_unwind(|| log(Level::Error, &format!("wscap: panic in {hook}: {what}")));
-            match catch_unwind(AssertUnwindSafe(fallback)) {
-                Ok(r) => r,
-                // The fallback panicked too: nothing sane is left but to abort.
-                Err(_) => std::process::abort(),
-            }
+            catch_unwind(AssertUnwindSafe(fallback)).unwrap_or_else(|_| R::last_resort())
         }
     }
 }
@@ -1545,6 +1579,10 @@ mod tests {
             || released = true,
         );
         assert!(released);
+        let r: i32 = guard("t", || panic!("body"), || panic!("fallback"));
+        assert_eq!(r, HEADERS_CONTINUE);
+        let p: *const c_void = guard("t", || panic!("body"), || panic!("fallback"));
+        assert!(p.is_null());
     }
 
     #[test]

@@ -257,13 +257,28 @@ impl Filter {
             return HeadersStatus::Continue;
         }
         self.phase = Phase::Upgraded;
-        let Some(real) = stream.upstream_address() else {
-            return HeadersStatus::Continue;
-        };
         let Some(permit) = self.permit.as_ref() else {
             return HeadersStatus::Continue;
         };
+        let Some(real) = stream.upstream_address() else {
+            crate::log(
+                Level::Warn,
+                &format!(
+                    "wscap: cluster {}: upstream address unknown at 101; accounting kept on {}",
+                    self.config.cluster.name(),
+                    permit.host()
+                ),
+            );
+            return HeadersStatus::Continue;
+        };
         if real == permit.host().as_str() {
+            crate::log(
+                Level::Debug,
+                &format!(
+                    "wscap: cluster {}: upgraded on {real} as admitted",
+                    self.config.cluster.name()
+                ),
+            );
             return HeadersStatus::Continue;
         }
         let cfg = Arc::clone(&self.config);
