@@ -96,6 +96,8 @@ extern "C" {
     // Unit tests log to stderr instead.
     #[cfg_attr(test, allow(dead_code))]
     fn envoy_dynamic_module_callback_log(level: i32, message: ModuleBuffer);
+    #[cfg_attr(test, allow(dead_code))]
+    fn envoy_dynamic_module_callback_log_enabled(level: i32) -> bool;
 
     fn envoy_dynamic_module_callback_http_get_header(
         filter_envoy: *mut c_void,
@@ -239,6 +241,19 @@ pub(crate) fn log(level: Level, message: &str) {
     // SAFETY: the message buffer is valid for the call; Envoy copies it. The callback may be
     // called from any thread.
     unsafe { envoy_dynamic_module_callback_log(level as i32, ModuleBuffer::of(message)) }
+}
+
+/// Is `level` enabled for Envoy's `dynamic_modules` logger? (Cheap: lets callers skip formatting.)
+#[cfg(not(test))]
+pub(crate) fn log_enabled(level: Level) -> bool {
+    // SAFETY: a pure query of Envoy's logger level, callable from any thread.
+    unsafe { envoy_dynamic_module_callback_log_enabled(level as i32) }
+}
+
+/// Unit tests: every level is enabled.
+#[cfg(test)]
+pub(crate) fn log_enabled(_level: Level) -> bool {
+    true
 }
 
 /// Unit tests run without Envoy: the log goes to stderr.

@@ -272,13 +272,15 @@ impl Filter {
             return HeadersStatus::Continue;
         };
         if real == permit.host().as_str() {
-            crate::log(
-                Level::Debug,
-                &format!(
-                    "wscap: cluster {}: upgraded on {real} as admitted",
-                    self.config.cluster.name()
-                ),
-            );
+            if crate::log_enabled(Level::Debug) {
+                crate::log(
+                    Level::Debug,
+                    &format!(
+                        "wscap: cluster {}: upgraded on {real} as admitted",
+                        self.config.cluster.name()
+                    ),
+                );
+            }
             return HeadersStatus::Continue;
         }
         let cfg = Arc::clone(&self.config);

@@ -168,12 +168,14 @@ impl Lb {
         request: &impl RequestView,
     ) -> Option<(u32, u32)> {
         if let Some((host, strict)) = request.override_host() {
-            crate::log(
-                Level::Debug,
-                &format!(
-                    "wscap lb: choose_host called with override host {host} (strict={strict})"
-                ),
-            );
+            if crate::log_enabled(Level::Debug) {
+                crate::log(
+                    Level::Debug,
+                    &format!(
+                        "wscap lb: choose_host called with override host {host} (strict={strict})"
+                    ),
+                );
+            }
             for p in 0..view.priorities() {
                 let p = u32::try_from(p).ok()?;
                 for i in 0..view.healthy_count(p) {

@@ -56,3 +56,8 @@ pub enum Level {
 pub fn log(level: Level, message: &str) {
     abi::log(level, message);
 }
+
+/// Whether Envoy would print a message at `level` (lets hot paths skip formatting one).
+pub fn log_enabled(level: Level) -> bool {
+    abi::log_enabled(level)
+}
