@@ -13,7 +13,9 @@
 //! Signatures that differ from the ABI v0.1.0 header found in public indexes:
 //! `http_filter_get_attribute_string` writes an envoy buffer (not `char**`, `size_t*`);
 //! `on_lb_choose_host` returns `bool` with `(priority, index)` out-params;
-//! `http_send_response` takes body and details as two buffers by value;
+//! `http_send_response` takes `(status, headers, n, body buffer, details buffer)` (v0.1.0:
+//! `body_ptr, body_length`, register-compatible for the body; the details reach Envoy on 1.40:
+//! its log says `local reply with details wscap_no_capacity`);
 //! `lb_get_host_metadata_number` indexes *all* hosts of a priority (not the healthy ones).
 
 use std::ffi::{c_char, c_void, CStr};

@@ -120,7 +120,7 @@ async fn cap_steering_refusal_admin_and_stats() {
     let setup = Setup::new(port, &backends, 2);
     let envoy = Envoy::start(
         &setup.bootstrap(),
-        &["--component-log-level", "dynamic_modules:debug"],
+        &["--component-log-level", "dynamic_modules:debug,http:debug"],
     )
     .await;
 
@@ -300,6 +300,11 @@ async fn cap_steering_refusal_admin_and_stats() {
         );
     }
     assert!(!log.contains("upstream address unknown"), "{log}");
+    // send_response's details buffer arrived (the 6-argument form of the callback).
+    assert!(
+        log.contains("local reply with details wscap_no_capacity"),
+        "{log}"
+    );
     // Documented Envoy 1.40 behaviour (module README): a strict override host is selected by
     // Envoy itself; the LB policy's choose_host is not called for those streams.
     assert!(
