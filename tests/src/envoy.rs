@@ -94,12 +94,12 @@ fn command(config_path: &Path, log_path: &Path, admin_path: &Path, opts: &Opts) 
 }
 
 fn write_config(dir: &Path, bootstrap: &Value) -> PathBuf {
+    write_config_text(dir, &serde_json::to_string_pretty(bootstrap).expect("serialise"))
+}
+
+fn write_config_text(dir: &Path, text: &str) -> PathBuf {
     let path = dir.join("envoy.yaml");
-    std::fs::write(
-        &path,
-        serde_json::to_string_pretty(bootstrap).expect("serialise"),
-    )
-    .expect("write config");
+    std::fs::write(&path, text).expect("write config");
     path
 }
 
@@ -159,6 +159,16 @@ impl Envoy {
     /// Start Envoy on `bootstrap` with its files in `dir` (which may already hold EDS/LDS files).
     pub async fn try_start_in(dir: &Path, bootstrap: &Value, opts: &Opts) -> Result<Envoy, String> {
         let config = write_config(dir, bootstrap);
+        Self::launch(dir, config, opts).await
+    }
+
+    /// Start Envoy on a YAML config given as text (e.g. an example file), files in `dir`.
+    pub async fn try_start_yaml(dir: &Path, yaml: &str, opts: &Opts) -> Result<Envoy, String> {
+        let config = write_config_text(dir, yaml);
+        Self::launch(dir, config, opts).await
+    }
+
+    async fn launch(dir: &Path, config: PathBuf, opts: &Opts) -> Result<Envoy, String> {
         let log_path = dir.join("envoy.log");
         let admin_path = dir.join("admin.addr");
         let child = command(&config, &log_path, &admin_path, opts)

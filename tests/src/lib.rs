@@ -16,6 +16,7 @@ pub mod backend;
 pub mod client;
 pub mod config;
 pub mod envoy;
+pub mod example;
 pub mod http;
 pub mod metrics;
 pub mod rig;

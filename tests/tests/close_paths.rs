@@ -123,7 +123,11 @@ async fn backend_killed_releases() {
             Outcome::Open(c) => panic!("attempt {i}: 101 from {} to a killed pod", c.backend),
             Outcome::Failed(e) => panic!("attempt {i}: no response: {e}"),
         }
-        assert_eq!(rig.wscap_active(&dead_host).await, 0, "attempt {i} released");
+        wscap_e2e::eventually(&format!("attempt {i} released"), wscap_e2e::SETTLE, || async {
+            let a = rig.wscap_active(&dead_host).await;
+            (a == 0).then_some(()).ok_or(format!("dead pod active {a}"))
+        })
+        .await;
     }
     assert_eq!(rig.backends[1].active(), 2);
     assert_eq!(rig.wscap_active(&live_host).await, 2);
@@ -157,7 +161,11 @@ async fn upstream_connect_failure_releases() {
             }
             Outcome::Failed(e) => panic!("attempt {i}: no response: {e}"),
         }
-        assert_eq!(rig.wscap_active(&dead).await, 0, "attempt {i}: dead endpoint released");
+        wscap_e2e::eventually(&format!("attempt {i}: dead endpoint released"), wscap_e2e::SETTLE, || async {
+            let a = rig.wscap_active(&dead).await;
+            (a == 0).then_some(()).ok_or(format!("dead endpoint active {a}"))
+        })
+        .await;
     }
     assert!(open.is_some(), "the live pod got its one connection");
     assert_eq!(failures, 5);
