@@ -121,6 +121,21 @@ impl FilterConfig {
         settings: &FilterSettings,
         metrics: FilterMetrics,
     ) -> Result<Self, String> {
+        if let Some(before) = registry
+            .cluster(&settings.cluster)
+            .map(|c| c.default_limit())
+        {
+            if before != 0 && before != settings.max_connections_per_host {
+                // A reload, or two filter configs naming one cluster: the last one wins.
+                crate::log(
+                    Level::Info,
+                    &format!(
+                        "wscap: cluster {:?}: default limit {} -> {}",
+                        settings.cluster, before, settings.max_connections_per_host
+                    ),
+                );
+            }
+        }
         let cluster = registry
             .set_default_limit(&settings.cluster, settings.max_connections_per_host)
             .map_err(|e| e.to_string())?;
@@ -203,6 +218,9 @@ impl Filter {
                         ),
                     );
                     drop(permit);
+                    if let Some(id) = cfg.metrics.rejected {
+                        stream.increment_counter(id, &[cfg.cluster.name(), "override_refused"], 1);
+                    }
                     self.refuse(stream, "override_refused");
                     return HeadersStatus::StopIteration;
                 }
@@ -555,6 +573,14 @@ mod tests {
             HeadersStatus::StopIteration
         );
         assert_eq!(f.replies[0].0, 503);
+        assert!(f.replies[0]
+            .1
+            .contains(&("x-wscap-reason".into(), "override_refused".into())));
+        assert!(f.counters.contains(&(
+            REJECTED,
+            vec!["pods".into(), "override_refused".into()],
+            1
+        )));
         assert_eq!(active(&cfg), 0);
     }
 
