@@ -203,7 +203,10 @@ mod tests {
             try_ref::<Opaque>(std::ptr::null()).unwrap_err(),
             wscap_result::NullArgument
         );
-        assert_eq!(try_str(std::ptr::null()).unwrap_err(), wscap_result::NullArgument);
+        assert_eq!(
+            try_str(std::ptr::null()).unwrap_err(),
+            wscap_result::NullArgument
+        );
         assert_eq!(
             try_slice::<u32>(std::ptr::null(), 1).unwrap_err(),
             wscap_result::NullArgument
@@ -226,7 +229,9 @@ mod tests {
     fn text_buffer_convention() {
         let mut n = 0usize;
         let mut buf = [0x55 as c_char; 6];
-        let r = try_text_buf(buf.as_mut_ptr(), 5, &mut n).unwrap().write("hello");
+        let r = try_text_buf(buf.as_mut_ptr(), 5, &mut n)
+            .unwrap()
+            .write("hello");
         assert_eq!((r, n), (Err(wscap_result::BufferTooSmall), 6));
         assert!(buf.iter().all(|&b| b == 0x55), "nothing written");
         try_text_buf(buf.as_mut_ptr(), 6, &mut n)

@@ -6,7 +6,7 @@
 //! conventions and how to link.
 //!
 //! Conventions, the same for every entry point:
-//! - every function body runs in one gate ([`gate`]) that catches panics (→ `WSCAP_RESULT_PANIC`)
+//! - every function body runs in one gate (`gate!`, module `gate`) that catches panics (→ `WSCAP_RESULT_PANIC`)
 //!   and NULL-checks pointers (→ `WSCAP_RESULT_NULL_ARGUMENT`) before any work is done;
 //! - strings are NUL-terminated UTF-8 (→ `WSCAP_RESULT_INVALID_UTF8`);
 //! - out-params are written only on success; the one exception is `*out_n` on
@@ -106,7 +106,11 @@ pub struct wscap_membership_change {
 /// Thread safety: any thread, any time.
 #[no_mangle]
 pub extern "C" fn wscap_version() -> *const c_char {
-    gate!({ Ok(concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast::<c_char>()) })
+    gate!({
+        Ok(concat!(env!("CARGO_PKG_VERSION"), "\0")
+            .as_ptr()
+            .cast::<c_char>())
+    })
 }
 
 /// A description of a result code, `"<name>: <what happened>"`, e.g.

@@ -166,8 +166,14 @@ mod tests {
 
     #[test]
     fn core_errors_map_one_to_one() {
-        assert_eq!(wscap_result::from(Rejected::NoCapacity), wscap_result::NoCapacity);
-        assert_eq!(wscap_result::from(Rejected::Draining), wscap_result::Draining);
+        assert_eq!(
+            wscap_result::from(Rejected::NoCapacity),
+            wscap_result::NoCapacity
+        );
+        assert_eq!(
+            wscap_result::from(Rejected::Draining),
+            wscap_result::Draining
+        );
         assert_eq!(
             wscap_result::from(ConfigError::EmptyClusterName),
             wscap_result::InvalidClusterName

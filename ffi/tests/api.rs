@@ -69,7 +69,11 @@ fn acquire(reg: *const wscap_registry, cluster: &str) -> Result<*mut wscap_permi
     }
 }
 
-fn acquire_host(reg: *const wscap_registry, cluster: &str, addr: &str) -> Result<*mut wscap_permit, R> {
+fn acquire_host(
+    reg: *const wscap_registry,
+    cluster: &str,
+    addr: &str,
+) -> Result<*mut wscap_permit, R> {
     let (c, a) = (cs(cluster), cs(addr));
     let mut p = sentinel();
     match wscap_acquire_host(reg, c.as_ptr(), a.as_ptr(), &mut p) {
@@ -144,17 +148,29 @@ fn a_config_with_two_errors_reports_the_first_and_changes_nothing() {
         {"name":"","max_connections_per_host":1},
         {"name":"b","max_connections_per_host":1,"hosts":[{"address":"b:1"}]}]}"#;
     let c = CString::new(&bad[..]).unwrap();
-    assert_eq!(wscap_registry_apply_config(reg, c.as_ptr()), R::InvalidConfig);
-    assert_eq!(wscap_registry_apply_config(reg, c.as_ptr()), R::InvalidConfig);
+    assert_eq!(
+        wscap_registry_apply_config(reg, c.as_ptr()),
+        R::InvalidConfig
+    );
+    assert_eq!(
+        wscap_registry_apply_config(reg, c.as_ptr()),
+        R::InvalidConfig
+    );
     assert_eq!(json(reg), before, "a refused config changes nothing");
     let msg = config_error(bad);
     assert!(msg.contains("clusters[1].name: must not be empty"), "{msg}");
     // Syntax and type errors are found while parsing, before any semantic check.
     let typo = br#"{"clusters":[{"name":"","max_connections_per_host":1},{"name":"b","max_connections_per_host":99999999999}]}"#;
     let msg = config_error(typo);
-    assert!(msg.contains("invalid value: integer `99999999999`, expected u32 at line 1"), "{msg}");
+    assert!(
+        msg.contains("invalid value: integer `99999999999`, expected u32 at line 1"),
+        "{msg}"
+    );
     assert_eq!(wscap_registry_apply_config(reg, null()), R::NullArgument);
-    assert_eq!(wscap_registry_apply_config(null(), c.as_ptr()), R::NullArgument);
+    assert_eq!(
+        wscap_registry_apply_config(null(), c.as_ptr()),
+        R::NullArgument
+    );
     wscap_registry_free(reg);
 }
 
@@ -162,14 +178,25 @@ fn a_config_with_two_errors_reports_the_first_and_changes_nothing() {
 fn apply_config_reloads_and_keeps_live_counts() {
     let reg = new_registry(Some(PODS));
     let p = acquire_host(reg, "pods", "10.0.0.1:80").unwrap();
-    let reload = cs(r#"{"clusters":[{"name":"pods","max_connections_per_host":3,"hosts":[{"address":"10.0.0.2:80"}]}]}"#);
+    let reload = cs(
+        r#"{"clusters":[{"name":"pods","max_connections_per_host":3,"hosts":[{"address":"10.0.0.2:80"}]}]}"#,
+    );
     assert_eq!(wscap_registry_apply_config(reg, reload.as_ptr()), R::Ok);
     let j = json(reg);
-    assert!(j.contains(r#""address":"10.0.0.1:80","active":1,"limit":1,"state":"draining""#), "{j}");
-    assert!(j.contains(r#""address":"10.0.0.2:80","active":0,"limit":3,"state":"active""#), "{j}");
+    assert!(
+        j.contains(r#""address":"10.0.0.1:80","active":1,"limit":1,"state":"draining""#),
+        "{j}"
+    );
+    assert!(
+        j.contains(r#""address":"10.0.0.2:80","active":0,"limit":3,"state":"active""#),
+        "{j}"
+    );
     assert_eq!(acquire_host(reg, "pods", "10.0.0.1:80"), Err(R::Draining));
     wscap_permit_release(p);
-    assert!(!json(reg).contains("10.0.0.1:80"), "drained host dropped after its last release");
+    assert!(
+        !json(reg).contains("10.0.0.1:80"),
+        "drained host dropped after its last release"
+    );
     wscap_registry_free(reg);
 }
 
@@ -178,16 +205,28 @@ fn set_default_limit_checks_its_arguments() {
     let reg = new_registry(None);
     let pods = cs("pods");
     assert_eq!(wscap_set_default_limit(reg, pods.as_ptr(), 5), R::Ok);
-    assert_eq!(wscap_set_default_limit(null(), pods.as_ptr(), 5), R::NullArgument);
+    assert_eq!(
+        wscap_set_default_limit(null(), pods.as_ptr(), 5),
+        R::NullArgument
+    );
     assert_eq!(wscap_set_default_limit(reg, null(), 5), R::NullArgument);
-    assert_eq!(wscap_set_default_limit(reg, cs("").as_ptr(), 5), R::InvalidClusterName);
+    assert_eq!(
+        wscap_set_default_limit(reg, cs("").as_ptr(), 5),
+        R::InvalidClusterName
+    );
     let bad = CString::new(&b"p\xffds"[..]).unwrap();
-    assert_eq!(wscap_set_default_limit(reg, bad.as_ptr(), 5), R::InvalidUtf8);
+    assert_eq!(
+        wscap_set_default_limit(reg, bad.as_ptr(), 5),
+        R::InvalidUtf8
+    );
     assert_eq!(
         wscap_set_default_limit(reg, pods.as_ptr(), WSCAP_MAX_LIMIT + 1),
         R::LimitTooLarge
     );
-    assert_eq!(wscap_set_default_limit(reg, pods.as_ptr(), WSCAP_MAX_LIMIT), R::Ok);
+    assert_eq!(
+        wscap_set_default_limit(reg, pods.as_ptr(), WSCAP_MAX_LIMIT),
+        R::Ok
+    );
     assert_eq!(WSCAP_MAX_LIMIT, wscap_core::MAX_LIMIT);
     wscap_registry_free(reg);
 }
@@ -199,45 +238,130 @@ fn set_hosts_validates_everything_before_changing_anything() {
     assert_eq!(wscap_set_default_limit(reg, pods.as_ptr(), 2), R::Ok);
     let (a, b, bad) = (cs("10.0.0.1:80"), cs("[::1]:80"), cs("10.0.0.1"));
     let hosts = [
-        wscap_host { address: a.as_ptr(), max_connections: 0, has_max_connections: 0 },
-        wscap_host { address: b.as_ptr(), max_connections: 0, has_max_connections: 1 },
+        wscap_host {
+            address: a.as_ptr(),
+            max_connections: 0,
+            has_max_connections: 0,
+        },
+        wscap_host {
+            address: b.as_ptr(),
+            max_connections: 0,
+            has_max_connections: 1,
+        },
     ];
-    let mut change = wscap_membership_change { added: 99, ..Default::default() };
-    assert_eq!(wscap_set_hosts(reg, pods.as_ptr(), hosts.as_ptr(), 2, &mut change), R::Ok);
-    assert_eq!(change, wscap_membership_change { added: 2, ..Default::default() });
+    let mut change = wscap_membership_change {
+        added: 99,
+        ..Default::default()
+    };
+    assert_eq!(
+        wscap_set_hosts(reg, pods.as_ptr(), hosts.as_ptr(), 2, &mut change),
+        R::Ok
+    );
+    assert_eq!(
+        change,
+        wscap_membership_change {
+            added: 2,
+            ..Default::default()
+        }
+    );
     // has_max_connections with 0: a valid limit that admits nothing.
     assert_eq!(acquire_host(reg, "pods", "[::1]:80"), Err(R::NoCapacity));
     let p = acquire(reg, "pods").unwrap();
     assert_eq!(host_of(p), "10.0.0.1:80");
 
     let before = json(reg);
-    let with_bad = [hosts[0], wscap_host { address: bad.as_ptr(), ..hosts[0] }];
-    let mut change = wscap_membership_change { added: 99, ..Default::default() };
+    let with_bad = [
+        hosts[0],
+        wscap_host {
+            address: bad.as_ptr(),
+            ..hosts[0]
+        },
+    ];
+    let mut change = wscap_membership_change {
+        added: 99,
+        ..Default::default()
+    };
     assert_eq!(
         wscap_set_hosts(reg, pods.as_ptr(), with_bad.as_ptr(), 2, &mut change),
         R::InvalidAddress
     );
     assert_eq!(change.added, 99, "out_change untouched on failure");
-    let with_null = [hosts[0], wscap_host { address: null(), ..hosts[0] }];
-    assert_eq!(wscap_set_hosts(reg, pods.as_ptr(), with_null.as_ptr(), 2, null_mut()), R::NullArgument);
+    let with_null = [
+        hosts[0],
+        wscap_host {
+            address: null(),
+            ..hosts[0]
+        },
+    ];
+    assert_eq!(
+        wscap_set_hosts(reg, pods.as_ptr(), with_null.as_ptr(), 2, null_mut()),
+        R::NullArgument
+    );
     let bad_utf8 = CString::new(&b"10.0.0.\xff:80"[..]).unwrap();
-    let with_utf8 = [wscap_host { address: bad_utf8.as_ptr(), ..hosts[0] }];
-    assert_eq!(wscap_set_hosts(reg, pods.as_ptr(), with_utf8.as_ptr(), 1, null_mut()), R::InvalidUtf8);
-    let too_big = [wscap_host { max_connections: WSCAP_MAX_LIMIT + 1, has_max_connections: 1, ..hosts[0] }];
-    assert_eq!(wscap_set_hosts(reg, pods.as_ptr(), too_big.as_ptr(), 1, null_mut()), R::LimitTooLarge);
-    assert_eq!(wscap_set_hosts(reg, pods.as_ptr(), null(), 1, null_mut()), R::NullArgument);
-    assert_eq!(wscap_set_hosts(reg, pods.as_ptr(), hosts.as_ptr(), usize::MAX, null_mut()), R::InvalidArgument);
-    assert_eq!(wscap_set_hosts(reg, cs("").as_ptr(), hosts.as_ptr(), 1, null_mut()), R::InvalidClusterName);
-    assert_eq!(wscap_set_hosts(null(), pods.as_ptr(), hosts.as_ptr(), 1, null_mut()), R::NullArgument);
-    assert_eq!(wscap_set_hosts(reg, null(), hosts.as_ptr(), 1, null_mut()), R::NullArgument);
+    let with_utf8 = [wscap_host {
+        address: bad_utf8.as_ptr(),
+        ..hosts[0]
+    }];
+    assert_eq!(
+        wscap_set_hosts(reg, pods.as_ptr(), with_utf8.as_ptr(), 1, null_mut()),
+        R::InvalidUtf8
+    );
+    let too_big = [wscap_host {
+        max_connections: WSCAP_MAX_LIMIT + 1,
+        has_max_connections: 1,
+        ..hosts[0]
+    }];
+    assert_eq!(
+        wscap_set_hosts(reg, pods.as_ptr(), too_big.as_ptr(), 1, null_mut()),
+        R::LimitTooLarge
+    );
+    assert_eq!(
+        wscap_set_hosts(reg, pods.as_ptr(), null(), 1, null_mut()),
+        R::NullArgument
+    );
+    assert_eq!(
+        wscap_set_hosts(reg, pods.as_ptr(), hosts.as_ptr(), usize::MAX, null_mut()),
+        R::InvalidArgument
+    );
+    assert_eq!(
+        wscap_set_hosts(reg, cs("").as_ptr(), hosts.as_ptr(), 1, null_mut()),
+        R::InvalidClusterName
+    );
+    assert_eq!(
+        wscap_set_hosts(null(), pods.as_ptr(), hosts.as_ptr(), 1, null_mut()),
+        R::NullArgument
+    );
+    assert_eq!(
+        wscap_set_hosts(reg, null(), hosts.as_ptr(), 1, null_mut()),
+        R::NullArgument
+    );
     assert_eq!(json(reg), before, "refused calls changed nothing");
 
     // NULL hosts with length 0: every member leaves; the one with a connection drains.
-    assert_eq!(wscap_set_hosts(reg, pods.as_ptr(), null(), 0, &mut change), R::Ok);
-    assert_eq!(change, wscap_membership_change { drained: 1, removed: 1, ..Default::default() });
+    assert_eq!(
+        wscap_set_hosts(reg, pods.as_ptr(), null(), 0, &mut change),
+        R::Ok
+    );
+    assert_eq!(
+        change,
+        wscap_membership_change {
+            drained: 1,
+            removed: 1,
+            ..Default::default()
+        }
+    );
     assert_eq!(acquire(reg, "pods"), Err(R::NoHosts));
-    assert_eq!(wscap_set_hosts(reg, pods.as_ptr(), hosts.as_ptr(), 1, &mut change), R::Ok);
-    assert_eq!(change, wscap_membership_change { revived: 1, ..Default::default() });
+    assert_eq!(
+        wscap_set_hosts(reg, pods.as_ptr(), hosts.as_ptr(), 1, &mut change),
+        R::Ok
+    );
+    assert_eq!(
+        change,
+        wscap_membership_change {
+            revived: 1,
+            ..Default::default()
+        }
+    );
     assert!(json(reg).contains(r#""address":"10.0.0.1:80","active":1"#));
     wscap_permit_release(p);
     wscap_registry_free(reg);
@@ -258,22 +382,37 @@ fn acquire_and_release() {
     let bad = CString::new(&b"\xc3\x28"[..]).unwrap();
     let mut p = sentinel();
     assert_eq!(wscap_acquire(reg, bad.as_ptr(), &mut p), R::InvalidUtf8);
-    assert_eq!(wscap_acquire(null(), cs("pods").as_ptr(), &mut p), R::NullArgument);
+    assert_eq!(
+        wscap_acquire(null(), cs("pods").as_ptr(), &mut p),
+        R::NullArgument
+    );
     assert_eq!(wscap_acquire(reg, null(), &mut p), R::NullArgument);
     assert_eq!(p, sentinel());
     wscap_permit_release(p2);
     // A NULL out-param fails before admitting: nothing is held.
-    assert_eq!(wscap_acquire(reg, cs("pods").as_ptr(), null_mut()), R::NullArgument);
+    assert_eq!(
+        wscap_acquire(reg, cs("pods").as_ptr(), null_mut()),
+        R::NullArgument
+    );
     let p4 = acquire(reg, "pods").unwrap();
     let text = prometheus(reg);
-    assert!(text.contains("wscap_active_connections{cluster=\"pods\",host=\"10.0.0.2:80\"} 2\n"), "{text}");
-    assert!(text.contains("wscap_rejected{cluster=\"pods\",reason=\"no_capacity\"} 1\n"), "{text}");
+    assert!(
+        text.contains("wscap_active_connections{cluster=\"pods\",host=\"10.0.0.2:80\"} 2\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("wscap_rejected{cluster=\"pods\",reason=\"no_capacity\"} 1\n"),
+        "{text}"
+    );
     for p in [p1, p3, p4] {
         wscap_permit_release(p);
     }
     wscap_permit_release(null_mut()); // no-op
-    assert!(prometheus(reg).contains("wscap_active_connections{cluster=\"pods\",host=\"10.0.0.2:80\"} 0\n"));
-    let empty = new_registry(Some(r#"{"clusters":[{"name":"e","max_connections_per_host":1}]}"#));
+    assert!(prometheus(reg)
+        .contains("wscap_active_connections{cluster=\"pods\",host=\"10.0.0.2:80\"} 0\n"));
+    let empty = new_registry(Some(
+        r#"{"clusters":[{"name":"e","max_connections_per_host":1}]}"#,
+    ));
     assert_eq!(acquire(empty, "e"), Err(R::NoHosts));
     wscap_registry_free(empty);
     wscap_registry_free(reg);
@@ -284,14 +423,37 @@ fn acquire_host_errors() {
     let reg = new_registry(Some(PODS));
     let p = acquire_host(reg, "pods", "10.0.0.1:80").unwrap();
     assert_eq!(acquire_host(reg, "pods", "10.0.0.1:80"), Err(R::NoCapacity));
-    assert_eq!(acquire_host(reg, "pods", "10.0.0.3:80"), Err(R::UnknownHost));
-    assert_eq!(acquire_host(reg, "pods", "pod-1:80"), Err(R::InvalidAddress));
-    assert_eq!(acquire_host(reg, "nope", "10.0.0.1:80"), Err(R::UnknownCluster));
+    assert_eq!(
+        acquire_host(reg, "pods", "10.0.0.3:80"),
+        Err(R::UnknownHost)
+    );
+    assert_eq!(
+        acquire_host(reg, "pods", "pod-1:80"),
+        Err(R::InvalidAddress)
+    );
+    assert_eq!(
+        acquire_host(reg, "nope", "10.0.0.1:80"),
+        Err(R::UnknownCluster)
+    );
     let mut out = sentinel();
-    assert_eq!(wscap_acquire_host(reg, cs("pods").as_ptr(), null(), &mut out), R::NullArgument);
+    assert_eq!(
+        wscap_acquire_host(reg, cs("pods").as_ptr(), null(), &mut out),
+        R::NullArgument
+    );
     let bad = CString::new(&b"\xff"[..]).unwrap();
-    assert_eq!(wscap_acquire_host(reg, cs("pods").as_ptr(), bad.as_ptr(), &mut out), R::InvalidUtf8);
-    assert_eq!(wscap_acquire_host(reg, cs("pods").as_ptr(), cs("10.0.0.2:80").as_ptr(), null_mut()), R::NullArgument);
+    assert_eq!(
+        wscap_acquire_host(reg, cs("pods").as_ptr(), bad.as_ptr(), &mut out),
+        R::InvalidUtf8
+    );
+    assert_eq!(
+        wscap_acquire_host(
+            reg,
+            cs("pods").as_ptr(),
+            cs("10.0.0.2:80").as_ptr(),
+            null_mut()
+        ),
+        R::NullArgument
+    );
     assert_eq!(out, sentinel());
     // Leading/trailing blanks are tolerated, as in core.
     let q = acquire_host(reg, "pods", " 10.0.0.2:80").unwrap();
@@ -312,32 +474,68 @@ fn buffers_too_small_get_the_size_and_nothing_written() {
     for len in 0..=host.len() {
         let mut buf = vec![0x7f as c_char; 32];
         let mut n = 12345usize;
-        assert_eq!(wscap_permit_host(p, buf.as_mut_ptr(), len, &mut n), R::BufferTooSmall);
+        assert_eq!(
+            wscap_permit_host(p, buf.as_mut_ptr(), len, &mut n),
+            R::BufferTooSmall
+        );
         assert_eq!(n, host.len() + 1);
-        assert!(buf.iter().all(|&b| b == 0x7f), "nothing written at len {len}");
+        assert!(
+            buf.iter().all(|&b| b == 0x7f),
+            "nothing written at len {len}"
+        );
     }
     let mut buf = vec![0x7f as c_char; host.len() + 1];
     let mut n = 0usize;
-    assert_eq!(wscap_permit_host(p, buf.as_mut_ptr(), buf.len(), &mut n), R::Ok);
+    assert_eq!(
+        wscap_permit_host(p, buf.as_mut_ptr(), buf.len(), &mut n),
+        R::Ok
+    );
     assert_eq!(n, host.len());
     assert_eq!(buf[host.len()], 0);
     assert_eq!(wscap_permit_host(p, null_mut(), 4, &mut n), R::NullArgument);
-    assert_eq!(wscap_permit_host(p, buf.as_mut_ptr(), buf.len(), null_mut()), R::NullArgument);
-    assert_eq!(wscap_permit_host(null(), buf.as_mut_ptr(), buf.len(), &mut n), R::NullArgument);
-    assert_eq!(wscap_permit_cluster(null(), buf.as_mut_ptr(), buf.len(), &mut n), R::NullArgument);
+    assert_eq!(
+        wscap_permit_host(p, buf.as_mut_ptr(), buf.len(), null_mut()),
+        R::NullArgument
+    );
+    assert_eq!(
+        wscap_permit_host(null(), buf.as_mut_ptr(), buf.len(), &mut n),
+        R::NullArgument
+    );
+    assert_eq!(
+        wscap_permit_cluster(null(), buf.as_mut_ptr(), buf.len(), &mut n),
+        R::NullArgument
+    );
 
     let full = prometheus(reg);
     let mut buf = vec![0x7f as c_char; full.len()];
-    assert_eq!(wscap_export_prometheus(reg, buf.as_mut_ptr(), full.len(), &mut n), R::BufferTooSmall);
+    assert_eq!(
+        wscap_export_prometheus(reg, buf.as_mut_ptr(), full.len(), &mut n),
+        R::BufferTooSmall
+    );
     assert_eq!(n, full.len() + 1);
     assert!(buf.iter().all(|&b| b == 0x7f));
-    assert_eq!(wscap_export_json(reg, buf.as_mut_ptr(), 1, &mut n), R::BufferTooSmall);
+    assert_eq!(
+        wscap_export_json(reg, buf.as_mut_ptr(), 1, &mut n),
+        R::BufferTooSmall
+    );
     assert_eq!(n, json(reg).len() + 1);
-    assert_eq!(wscap_export_json(null(), buf.as_mut_ptr(), 1, &mut n), R::NullArgument);
-    assert_eq!(wscap_export_prometheus(reg, null_mut(), 1, &mut n), R::NullArgument);
-    assert_eq!(wscap_export_prometheus(reg, buf.as_mut_ptr(), 1, null_mut()), R::NullArgument);
+    assert_eq!(
+        wscap_export_json(null(), buf.as_mut_ptr(), 1, &mut n),
+        R::NullArgument
+    );
+    assert_eq!(
+        wscap_export_prometheus(reg, null_mut(), 1, &mut n),
+        R::NullArgument
+    );
+    assert_eq!(
+        wscap_export_prometheus(reg, buf.as_mut_ptr(), 1, null_mut()),
+        R::NullArgument
+    );
     let msg = cs("{");
-    assert_eq!(wscap_config_error(msg.as_ptr(), buf.as_mut_ptr(), 3, &mut n), R::BufferTooSmall);
+    assert_eq!(
+        wscap_config_error(msg.as_ptr(), buf.as_mut_ptr(), 3, &mut n),
+        R::BufferTooSmall
+    );
     assert_eq!(n, config_error(b"{").len() + 1);
     wscap_permit_release(p);
     wscap_registry_free(reg);
@@ -356,7 +554,10 @@ fn result_strings_are_static_and_total() {
     }
     // SAFETY: as above.
     let s = unsafe { CStr::from_ptr(wscap_result_str(R::NoCapacity as u32)) };
-    assert_eq!(s.to_str().unwrap(), "no_capacity: every host is at its connection limit");
+    assert_eq!(
+        s.to_str().unwrap(),
+        "no_capacity: every host is at its connection limit"
+    );
     for code in [15, 1000, u32::MAX] {
         // SAFETY: as above.
         let s = unsafe { CStr::from_ptr(wscap_result_str(code)) };
@@ -388,7 +589,10 @@ fn concurrent_admission_never_exceeds_limits() {
         "hosts":[{"address":"10.0.0.1:80"},{"address":"10.0.0.2:80","max_connections":1},{"address":"10.0.0.3:80","max_connections":5}]}]}"#,
     )) as usize;
     let limits = [("10.0.0.1:80", 3), ("10.0.0.2:80", 1), ("10.0.0.3:80", 5)];
-    let counts: Vec<_> = limits.iter().map(|_| std::sync::atomic::AtomicI64::new(0)).collect();
+    let counts: Vec<_> = limits
+        .iter()
+        .map(|_| std::sync::atomic::AtomicI64::new(0))
+        .collect();
     std::thread::scope(|s| {
         for _ in 0..4 {
             s.spawn(|| {
@@ -435,7 +639,11 @@ fn every_entry_point_is_gated_and_unsafe_is_confined() {
         if name != "cast.rs" {
             for (i, line) in src.lines().enumerate() {
                 let code = line.split("//").next().unwrap();
-                assert!(!code.contains("unsafe"), "{name}:{}: unsafe outside cast.rs", i + 1);
+                assert!(
+                    !code.contains("unsafe"),
+                    "{name}:{}: unsafe outside cast.rs",
+                    i + 1
+                );
             }
         }
         for body in src.split("pub extern \"C\" fn ").skip(1) {
@@ -446,8 +654,14 @@ fn every_entry_point_is_gated_and_unsafe_is_confined() {
                 after_sig.starts_with("gate!({"),
                 "{fn_name} does not run its body in gate!"
             );
-            let before = src.split(&format!("pub extern \"C\" fn {fn_name}(")).next().unwrap();
-            assert!(before.trim_end().ends_with("#[no_mangle]"), "{fn_name} is not #[no_mangle]");
+            let before = src
+                .split(&format!("pub extern \"C\" fn {fn_name}("))
+                .next()
+                .unwrap();
+            assert!(
+                before.trim_end().ends_with("#[no_mangle]"),
+                "{fn_name} is not #[no_mangle]"
+            );
         }
     }
     assert_eq!(entry_points, 15);

@@ -1,0 +1,194 @@
+//! Builds `examples/c/admission.c` against `include/wscap.h` and the static library, as C11 and
+//! as C++, runs it, and runs it again under valgrind when valgrind is installed.
+//!
+//! The static library comes from the cargo invocation that built this test: `cargo test -p
+//! wscap-ffi` compiles the crate with all its crate types, so `libwscap_ffi.a` sits in
+//! `<target>/<profile>/deps/` next to this test binary (`cargo build -p wscap-ffi` also copies it
+//! to `<target>/<profile>/`). This test never runs cargo itself: a nested cargo could wait
+//! forever on the build lock that the outer one holds.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `<target>/<profile>/deps`, where this test binary lives.
+fn deps_dir() -> PathBuf {
+    std::env::current_exe()
+        .expect("current_exe")
+        .parent()
+        .expect("deps dir")
+        .to_path_buf()
+}
+
+fn static_lib() -> PathBuf {
+    let deps = deps_dir();
+    let candidates = [
+        deps.join("libwscap_ffi.a"),
+        deps.parent().unwrap().join("libwscap_ffi.a"),
+    ];
+    candidates
+        .iter()
+        .find(|p| p.exists())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "libwscap_ffi.a not found in {:?}: build it first with `cargo build -p wscap-ffi` \
+                 (same profile and CARGO_TARGET_DIR as this test)",
+                candidates
+            )
+        })
+}
+
+fn out_dir() -> PathBuf {
+    let dir = deps_dir().parent().unwrap().join("c-example");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+fn check(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Compiles the example; `cxx` compiles it as C++ with g++.
+fn build(name: &str, cxx: bool, defines: &[&str]) -> PathBuf {
+    let repo = repo();
+    let exe = out_dir().join(name);
+    let mut cmd = Command::new(if cxx { "g++" } else { "gcc" });
+    if cxx {
+        cmd.args(["-x", "c++", "-std=c++17"]);
+    } else {
+        cmd.arg("-std=c11");
+    }
+    cmd.args(["-Wall", "-Wextra", "-Werror", "-g", "-pthread"])
+        .args(defines)
+        .arg("-I")
+        .arg(repo.join("include"))
+        .arg(repo.join("examples/c/admission.c"))
+        .args(["-x", "none"])
+        .arg(static_lib())
+        .args(["-lpthread", "-ldl", "-lm", "-o"])
+        .arg(&exe);
+    check(&mut cmd);
+    exe
+}
+
+fn assert_admission_output(stdout: &str) {
+    assert!(
+        stdout.contains(
+            "refused as expected: clusters[0].hosts[0].address: invalid host address \"pod-1:80\""
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(", limit violations 0, unexpected 0\n"),
+        "{stdout}"
+    );
+    for host in ["127.0.0.1:9001", "127.0.0.1:9002", "[::1]:9003"] {
+        assert!(
+            stdout.contains(&format!(
+                "wscap_active_connections{{cluster=\"pods\",host=\"{host}\"}} 0\n"
+            )),
+            "{host} not back to zero:\n{stdout}"
+        );
+    }
+    assert!(stdout.contains("wscap_connection_limit{cluster=\"pods\",host=\"127.0.0.1:9002\"} 3\n"));
+    assert!(stdout.ends_with("OK\n"), "{stdout}");
+}
+
+fn have(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn c_example_runs_within_limits() {
+    let exe = build("admission", false, &[]);
+    let stdout = check(Command::new(&exe).arg("3000"));
+    assert_admission_output(&stdout);
+}
+
+#[test]
+fn c_example_is_clean_under_valgrind() {
+    if !have("valgrind") {
+        eprintln!("valgrind not installed: skipped");
+        return;
+    }
+    let valgrind = |exe: &Path| {
+        let mut cmd = Command::new("valgrind");
+        cmd.args([
+            "--error-exitcode=1",
+            "--leak-check=full",
+            "--errors-for-leak-kinds=definite",
+            "--quiet",
+        ])
+        .arg(exe)
+        .arg("400");
+        cmd
+    };
+    let exe = build("admission-vg", false, &[]);
+    assert_admission_output(&check(&mut valgrind(&exe)));
+
+    // The same check must catch a permit that is never released.
+    let leaky = build("admission-leak", false, &["-DWSCAP_EXAMPLE_LEAK"]);
+    let out = run(&mut valgrind(&leaky));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("definitely lost"),
+        "valgrind did not report the leaked permit ({}):\n{stderr}",
+        out.status
+    );
+}
+
+#[test]
+fn c_example_compiles_and_runs_as_cxx() {
+    let exe = build("admission-cxx", true, &[]);
+    assert_admission_output(&check(Command::new(&exe).arg("500")));
+}
+
+#[test]
+fn header_is_strict_c99_and_cxx11_on_its_own() {
+    let repo = repo();
+    let tu = out_dir().join("header_only.c");
+    std::fs::write(
+        &tu,
+        "#include \"wscap.h\"\n#include \"wscap.h\" /* include guard */\n\
+         int main(void) { wscap_registry *r = 0; (void)r; return (int)WSCAP_RESULT_OK; }\n",
+    )
+    .unwrap();
+    for (compiler, std) in [("gcc", "-std=c99"), ("g++", "-std=c++11")] {
+        let mut cmd = Command::new(compiler);
+        if compiler == "g++" {
+            cmd.args(["-x", "c++"]);
+        }
+        cmd.args([
+            std,
+            "-Wall",
+            "-Wextra",
+            "-Wpedantic",
+            "-Werror",
+            "-fsyntax-only",
+            "-I",
+        ])
+        .arg(repo.join("include"))
+        .arg(&tu);
+        check(&mut cmd);
+    }
+}
