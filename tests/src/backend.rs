@@ -236,6 +236,8 @@ async fn plain(mut sock: TcpStream, sh: Arc<Shared>, name: String, head_len: usi
     let _ = sock.shutdown().await;
 }
 
+// The callback's error type is fixed by tungstenite.
+#[allow(clippy::result_large_err)]
 async fn websocket(sock: TcpStream, sh: Arc<Shared>, name: String) {
     let refuse = sh.refuse_with.load(Ordering::SeqCst);
     let nm = name.clone();

@@ -94,7 +94,10 @@ fn command(config_path: &Path, log_path: &Path, admin_path: &Path, opts: &Opts) 
 }
 
 fn write_config(dir: &Path, bootstrap: &Value) -> PathBuf {
-    write_config_text(dir, &serde_json::to_string_pretty(bootstrap).expect("serialise"))
+    write_config_text(
+        dir,
+        &serde_json::to_string_pretty(bootstrap).expect("serialise"),
+    )
 }
 
 fn write_config_text(dir: &Path, text: &str) -> PathBuf {
@@ -136,7 +139,14 @@ pub fn run_to_exit(bootstrap: &Value, opts: &Opts, timeout: Duration) -> (ExitSt
 pub fn describe_exit(st: &ExitStatus) -> String {
     match (st.code(), st.signal()) {
         (Some(c), _) => format!("exit code {c}"),
-        (None, Some(s)) => format!("killed by signal {s}{}", if st.core_dumped() { " (core dumped)" } else { "" }),
+        (None, Some(s)) => format!(
+            "killed by signal {s}{}",
+            if st.core_dumped() {
+                " (core dumped)"
+            } else {
+                ""
+            }
+        ),
         _ => "unknown".into(),
     }
 }
@@ -185,7 +195,10 @@ impl Envoy {
         // 1. admin address file.
         loop {
             if let Some(st) = envoy.try_wait() {
-                return Err(envoy.failure(&format!("envoy exited during start-up ({})", describe_exit(&st))));
+                return Err(envoy.failure(&format!(
+                    "envoy exited during start-up ({})",
+                    describe_exit(&st)
+                )));
             }
             if let Ok(s) = std::fs::read_to_string(&admin_path) {
                 if let Ok(a) = s.trim().parse::<SocketAddr>() {
@@ -201,7 +214,10 @@ impl Envoy {
         // 2. /ready says LIVE (server initialised, listeners bound).
         loop {
             if let Some(st) = envoy.try_wait() {
-                return Err(envoy.failure(&format!("envoy exited during start-up ({})", describe_exit(&st))));
+                return Err(envoy.failure(&format!(
+                    "envoy exited during start-up ({})",
+                    describe_exit(&st)
+                )));
             }
             if let Ok(r) = http::get(envoy.admin, "/ready").await {
                 if r.status == 200 {
@@ -218,7 +234,11 @@ impl Envoy {
 
     fn failure(&mut self, what: &str) -> String {
         self.kill();
-        format!("{what}\n--- envoy log ({}) ---\n{}", self.log_path.display(), self.log())
+        format!(
+            "{what}\n--- envoy log ({}) ---\n{}",
+            self.log_path.display(),
+            self.log()
+        )
     }
 
     /// PID of the Envoy process.
@@ -228,7 +248,9 @@ impl Envoy {
 
     /// `Some(status)` if Envoy has exited.
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Kill Envoy (SIGKILL to its PID) and reap it.
@@ -259,7 +281,10 @@ impl Envoy {
     pub async fn listener_port(&self, name: &str) -> u16 {
         let r = self.admin_get("/listeners?format=json").await;
         let v: Value = serde_json::from_slice(&r.body).expect("/listeners json");
-        let ls = v["listener_statuses"].as_array().cloned().unwrap_or_default();
+        let ls = v["listener_statuses"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         for l in ls {
             if l["name"].as_str() == Some(name) {
                 if let Some(p) = l["local_address"]["socket_address"]["port_value"].as_u64() {
@@ -280,7 +305,13 @@ impl Envoy {
     /// `GET /wscap`, parsed.
     pub async fn wscap(&self) -> Value {
         let r = self.admin_get("/wscap").await;
-        assert_eq!(r.status, 200, "GET /wscap: status {} body {}", r.status, r.text());
+        assert_eq!(
+            r.status,
+            200,
+            "GET /wscap: status {} body {}",
+            r.status,
+            r.text()
+        );
         serde_json::from_slice(&r.body)
             .unwrap_or_else(|e| panic!("GET /wscap is not JSON ({e}): {}", r.text()))
     }

@@ -27,7 +27,10 @@ pub fn example_path(rel: &str) -> PathBuf {
 
 fn replace_once(text: &str, from: &str, to: &str, file: &str) -> String {
     let n = text.matches(from).count();
-    assert!(n >= 1, "{file}: expected {from:?} in the example, found none");
+    assert!(
+        n >= 1,
+        "{file}: expected {from:?} in the example, found none"
+    );
     text.replace(from, to)
 }
 
@@ -41,7 +44,12 @@ pub fn rewrite(
     pods: &[SocketAddr],
     eds_dir: Option<&Path>,
 ) -> String {
-    let mut t = replace_once(text, "port_value: 10000", &format!("port_value: {listener_port}"), file);
+    let mut t = replace_once(
+        text,
+        "port_value: 10000",
+        &format!("port_value: {listener_port}"),
+        file,
+    );
     if t.contains("port_value: 9901") {
         t = t.replace("port_value: 9901", "port_value: 0");
     }
@@ -56,7 +64,11 @@ pub fn rewrite(
 
 /// Rewrite the pod ports (`8081`, `8082`, `8083`) of an example file to `pods`' ports.
 pub fn rewrite_pods(text: &str, file: &str, pods: &[SocketAddr]) -> String {
-    assert_eq!(pods.len(), EXAMPLE_POD_PORTS.len(), "the examples have three pods");
+    assert_eq!(
+        pods.len(),
+        EXAMPLE_POD_PORTS.len(),
+        "the examples have three pods"
+    );
     let mut t = text.to_string();
     for (from, to) in EXAMPLE_POD_PORTS.iter().zip(pods) {
         t = replace_once(

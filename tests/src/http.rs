@@ -47,9 +47,12 @@ pub async fn request(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<Response, String> {
-    tokio::time::timeout(Duration::from_secs(10), request_inner(addr, method, path, headers))
-        .await
-        .map_err(|_| format!("{method} {path} on {addr}: timed out"))?
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        request_inner(addr, method, path, headers),
+    )
+    .await
+    .map_err(|_| format!("{method} {path} on {addr}: timed out"))?
 }
 
 async fn request_inner(

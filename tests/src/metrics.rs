@@ -186,7 +186,8 @@ mod tests {
 
     #[test]
     fn parses_labels_and_values() {
-        let t = "# TYPE x gauge\nx{cluster=\"b\",host=\"127.0.0.1:80\"} 20\ny 3\nz{a=\"q\\\"x\"} 1.5\n";
+        let t =
+            "# TYPE x gauge\nx{cluster=\"b\",host=\"127.0.0.1:80\"} 20\ny 3\nz{a=\"q\\\"x\"} 1.5\n";
         let s = parse_prometheus(t);
         assert_eq!(s.len(), 3);
         assert_eq!(

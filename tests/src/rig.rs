@@ -151,32 +151,56 @@ impl Rig {
     /// own counts, `GET /wscap` and `/stats/prometheus`.
     pub async fn expect_active(&self, what: &str, expected: &[usize]) {
         assert_eq!(expected.len(), self.backends.len());
-        eventually(&format!("{what}: backends hold {expected:?}"), SETTLE, || async {
-            let got: Vec<usize> = self.backends.iter().map(Backend::active).collect();
-            (got == expected).then_some(()).ok_or(format!("backends hold {got:?}"))
-        })
+        eventually(
+            &format!("{what}: backends hold {expected:?}"),
+            SETTLE,
+            || async {
+                let got: Vec<usize> = self.backends.iter().map(Backend::active).collect();
+                (got == expected)
+                    .then_some(())
+                    .ok_or(format!("backends hold {got:?}"))
+            },
+        )
         .await;
-        eventually(&format!("{what}: /wscap says {expected:?}"), SETTLE, || async {
-            let doc = self.envoy.wscap().await;
-            let got: Vec<i64> = self
-                .backends
-                .iter()
-                .map(|b| metrics::host(&doc, CLUSTER, &b.host()).map_or(-1, |h| h.active))
-                .collect();
-            let want: Vec<i64> = expected.iter().map(|&n| n as i64).collect();
-            (got == want).then_some(()).ok_or(format!("/wscap active {got:?}; doc {doc}"))
-        })
+        eventually(
+            &format!("{what}: /wscap says {expected:?}"),
+            SETTLE,
+            || async {
+                let doc = self.envoy.wscap().await;
+                let got: Vec<i64> = self
+                    .backends
+                    .iter()
+                    .map(|b| metrics::host(&doc, CLUSTER, &b.host()).map_or(-1, |h| h.active))
+                    .collect();
+                let want: Vec<i64> = expected.iter().map(|&n| n as i64).collect();
+                (got == want)
+                    .then_some(())
+                    .ok_or(format!("/wscap active {got:?}; doc {doc}"))
+            },
+        )
         .await;
-        eventually(&format!("{what}: prometheus says {expected:?}"), SETTLE, || async {
-            let s = self.envoy.prometheus().await;
-            let got: Vec<Option<f64>> = self
-                .backends
-                .iter()
-                .map(|b| metrics::value(&s, PROM_ACTIVE, &[("cluster", CLUSTER), ("host", &b.host())]))
-                .collect();
-            let want: Vec<Option<f64>> = expected.iter().map(|&n| Some(n as f64)).collect();
-            (got == want).then_some(()).ok_or(format!("prometheus {PROM_ACTIVE} {got:?}"))
-        })
+        eventually(
+            &format!("{what}: prometheus says {expected:?}"),
+            SETTLE,
+            || async {
+                let s = self.envoy.prometheus().await;
+                let got: Vec<Option<f64>> = self
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        metrics::value(
+                            &s,
+                            PROM_ACTIVE,
+                            &[("cluster", CLUSTER), ("host", &b.host())],
+                        )
+                    })
+                    .collect();
+                let want: Vec<Option<f64>> = expected.iter().map(|&n| Some(n as f64)).collect();
+                (got == want)
+                    .then_some(())
+                    .ok_or(format!("prometheus {PROM_ACTIVE} {got:?}"))
+            },
+        )
         .await;
     }
 
@@ -187,13 +211,23 @@ impl Rig {
 
     /// Sum of `wscap_rejected{cluster=pods}` over reasons, from `/stats/prometheus`.
     pub async fn prom_rejected(&self) -> f64 {
-        metrics::sum(&self.envoy.prometheus().await, PROM_REJECTED, &[("cluster", CLUSTER)])
+        metrics::sum(
+            &self.envoy.prometheus().await,
+            PROM_REJECTED,
+            &[("cluster", CLUSTER)],
+        )
     }
 }
 
 /// Assert that a refusal is the module's: 503, `retry-after`, `x-wscap-reason`, JSON body.
 pub fn assert_wscap_refusal(r: &crate::http::Response, reason: &str) {
-    assert_eq!(r.status, 503, "refusal status; headers {:?} body {:?}", r.headers, r.text());
+    assert_eq!(
+        r.status,
+        503,
+        "refusal status; headers {:?} body {:?}",
+        r.headers,
+        r.text()
+    );
     assert_eq!(
         r.header("retry-after"),
         Some(RETRY_AFTER.to_string().as_str()),

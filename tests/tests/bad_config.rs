@@ -11,10 +11,26 @@ use wscap_e2e::{eventually, write_atomic, SETTLE};
 
 /// (name, config, words that one log line must contain together).
 const CASES: &[(&str, &str, &[&str])] = &[
-    ("malformed JSON", r#"{"cluster": "pods", "max_connections_per_host": 3"#, &["JSON"]),
-    ("missing cluster", r#"{"max_connections_per_host": 3}"#, &["missing", "cluster"]),
-    ("negative limit", r#"{"cluster": "pods", "max_connections_per_host": -1}"#, &["max_connections_per_host", "negative"]),
-    ("unknown field", r#"{"cluster": "pods", "max_connections_per_host": 3, "bogus_field": 1}"#, &["bogus_field"]),
+    (
+        "malformed JSON",
+        r#"{"cluster": "pods", "max_connections_per_host": 3"#,
+        &["JSON"],
+    ),
+    (
+        "missing cluster",
+        r#"{"max_connections_per_host": 3}"#,
+        &["missing", "cluster"],
+    ),
+    (
+        "negative limit",
+        r#"{"cluster": "pods", "max_connections_per_host": -1}"#,
+        &["max_connections_per_host", "negative"],
+    ),
+    (
+        "unknown field",
+        r#"{"cluster": "pods", "max_connections_per_host": 3, "bogus_field": 1}"#,
+        &["bogus_field"],
+    ),
 ];
 
 /// One line of `log` names the problem: it contains every word in `words`.
@@ -32,7 +48,11 @@ async fn static_bad_filter_config_is_refused() {
         let l = ListenerSpec::new(LISTENER, CLUSTER, vec![config::wscap_filter(cfg)]);
         let boot = config::bootstrap(
             std::slice::from_ref(&l),
-            vec![config::static_cluster(CLUSTER, &[Endpoint::new(pod.addr)], true)],
+            vec![config::static_cluster(
+                CLUSTER,
+                &[Endpoint::new(pod.addr)],
+                true,
+            )],
             true,
         );
         let (st, log) = run_to_exit(&boot, &Opts::with_module(1), Duration::from_secs(20));
@@ -64,21 +84,38 @@ async fn lds_bad_filter_config_is_rejected_and_envoy_keeps_serving() {
     write_atomic(&lds, &config::lds_file_contents(&[listener(&good)], 1));
     let mut boot = config::bootstrap(
         &[],
-        vec![config::static_cluster(CLUSTER, &[Endpoint::new(pod.addr)], true)],
+        vec![config::static_cluster(
+            CLUSTER,
+            &[Endpoint::new(pod.addr)],
+            true,
+        )],
         true,
     );
     config::use_file_lds(&mut boot, &lds);
     let mut envoy = Envoy::try_start_in(&dir, &boot, &Opts::with_module(wscap_e2e::concurrency()))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let mut live = wscap_e2e::client::connect(port, "/ws").await.expect_open("before bad updates");
+    let mut live = wscap_e2e::client::connect(port, "/ws")
+        .await
+        .expect_open("before bad updates");
     for (i, (name, cfg, words)) in CASES.iter().enumerate() {
-        let before = envoy.stat("listener_manager.lds.update_rejected").await.unwrap_or(0);
+        let before = envoy
+            .stat("listener_manager.lds.update_rejected")
+            .await
+            .unwrap_or(0);
         let log_from = envoy.log().len();
-        write_atomic(&lds, &config::lds_file_contents(&[listener(cfg)], 2 + i as u64));
+        write_atomic(
+            &lds,
+            &config::lds_file_contents(&[listener(cfg)], 2 + i as u64),
+        );
         eventually(&format!("{name}: LDS update rejected"), SETTLE, || async {
-            let n = envoy.stat("listener_manager.lds.update_rejected").await.unwrap_or(0);
-            (n > before).then_some(()).ok_or(format!("update_rejected {n}"))
+            let n = envoy
+                .stat("listener_manager.lds.update_rejected")
+                .await
+                .unwrap_or(0);
+            (n > before)
+                .then_some(())
+                .ok_or(format!("update_rejected {n}"))
         })
         .await;
         envoy.assert_running();
@@ -86,8 +123,12 @@ async fn lds_bad_filter_config_is_rejected_and_envoy_keeps_serving() {
         live.echo(name).await.expect("existing tunnel still alive");
     }
     // Still the good config: limit 2.
-    let _b = wscap_e2e::client::connect(port, "/ws").await.expect_open("second under the good config");
-    let r = wscap_e2e::client::connect(port, "/ws").await.expect_refused("third");
+    let _b = wscap_e2e::client::connect(port, "/ws")
+        .await
+        .expect_open("second under the good config");
+    let r = wscap_e2e::client::connect(port, "/ws")
+        .await
+        .expect_refused("third");
     wscap_e2e::rig::assert_wscap_refusal(&r, "no_capacity");
     envoy.assert_running();
 }

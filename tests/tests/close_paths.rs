@@ -26,15 +26,24 @@ async fn close_paths(concurrency: u32) {
     // 1. Client close frame.
     let c = rig.connect().await.expect_open("client-close");
     rig.expect_active("client-close open", &[3]).await;
-    assert_wscap_refusal(&rig.connect().await.expect_refused("over the limit"), "no_capacity");
+    assert_wscap_refusal(
+        &rig.connect().await.expect_refused("over the limit"),
+        "no_capacity",
+    );
     c.close().await;
     rig.expect_active("after client close frame", &[2]).await;
 
     // 2. Server close frame.
     let mut c = rig.connect().await.expect_open("server-close");
     rig.expect_active("server-close open", &[3]).await;
-    let how = c.server_close().await.expect("server closed the connection");
-    assert!(how.contains("close") || how.contains("eof"), "ended by {how}");
+    let how = c
+        .server_close()
+        .await
+        .expect("server closed the connection");
+    assert!(
+        how.contains("close") || how.contains("eof"),
+        "ended by {how}"
+    );
     rig.expect_active("after server close frame", &[2]).await;
 
     // 3. Client TCP reset without a close frame.
@@ -48,14 +57,26 @@ async fn close_paths(concurrency: u32) {
     for status in [403u16, 404] {
         pod.refuse_upgrades(Some(status));
         for i in 0..(LIMIT + 2) {
-            let r = rig.connect().await.expect_refused(&format!("refused upgrade {status} #{i}"));
-            assert_eq!(r.status, status, "client saw the backend's refusal; headers {:?}", r.headers);
+            let r = rig
+                .connect()
+                .await
+                .expect_refused(&format!("refused upgrade {status} #{i}"));
+            assert_eq!(
+                r.status, status,
+                "client saw the backend's refusal; headers {:?}",
+                r.headers
+            );
             assert_eq!(r.header("x-wscap-reason"), None, "not a wscap refusal");
-            rig.expect_active(&format!("after upstream {status} #{i}"), &[2]).await;
+            rig.expect_active(&format!("after upstream {status} #{i}"), &[2])
+                .await;
         }
         pod.refuse_upgrades(None);
     }
-    assert_eq!(pod.refused(), 2 * (LIMIT as usize + 2), "refusals the backend made");
+    assert_eq!(
+        pod.refused(),
+        2 * (LIMIT as usize + 2),
+        "refusals the backend made"
+    );
 
     // The capacity is exactly intact: one more fits, the next does not.
     let c = rig.connect().await.expect_open("after all close paths");
@@ -100,7 +121,9 @@ async fn backend_killed_releases() {
     let (mut dead, alive): (Vec<_>, Vec<_>) = held.into_iter().partition(|c| c.backend == "pod-0");
     assert_eq!(dead.len(), 2);
     for c in dead.iter_mut() {
-        c.wait_closed(Duration::from_secs(10)).await.expect("tunnel to the killed pod ends");
+        c.wait_closed(Duration::from_secs(10))
+            .await
+            .expect("tunnel to the killed pod ends");
     }
     // pod-0's own count is meaningless now (it is dead); check the module's views.
     let dead_host = rig.backends[0].host();
@@ -109,7 +132,9 @@ async fn backend_killed_releases() {
         let doc = rig.envoy.wscap().await;
         let d = metrics::host(&doc, CLUSTER, &dead_host).map(|h| h.active);
         let l = metrics::host(&doc, CLUSTER, &live_host).map(|h| h.active);
-        (d == Some(0) && l == Some(2)).then_some(()).ok_or(format!("dead {d:?} live {l:?}"))
+        (d == Some(0) && l == Some(2))
+            .then_some(())
+            .ok_or(format!("dead {d:?} live {l:?}"))
     })
     .await;
     // The dead pod is the only one with room: each attempt is admitted there, fails upstream, and
@@ -118,15 +143,24 @@ async fn backend_killed_releases() {
         match rig.connect().await {
             Outcome::Refused(r) => {
                 assert_eq!(r.status, 503, "attempt {i}");
-                assert_eq!(r.header("x-wscap-reason"), None, "attempt {i}: an upstream failure, not a wscap refusal: {:?}", r.headers);
+                assert_eq!(
+                    r.header("x-wscap-reason"),
+                    None,
+                    "attempt {i}: an upstream failure, not a wscap refusal: {:?}",
+                    r.headers
+                );
             }
             Outcome::Open(c) => panic!("attempt {i}: 101 from {} to a killed pod", c.backend),
             Outcome::Failed(e) => panic!("attempt {i}: no response: {e}"),
         }
-        wscap_e2e::eventually(&format!("attempt {i} released"), wscap_e2e::SETTLE, || async {
-            let a = rig.wscap_active(&dead_host).await;
-            (a == 0).then_some(()).ok_or(format!("dead pod active {a}"))
-        })
+        wscap_e2e::eventually(
+            &format!("attempt {i} released"),
+            wscap_e2e::SETTLE,
+            || async {
+                let a = rig.wscap_active(&dead_host).await;
+                (a == 0).then_some(()).ok_or(format!("dead pod active {a}"))
+            },
+        )
         .await;
     }
     assert_eq!(rig.backends[1].active(), 2);
@@ -149,7 +183,10 @@ async fn upstream_connect_failure_releases() {
     for i in 0..6 {
         match rig.connect().await {
             Outcome::Open(c) => {
-                assert!(open.is_none(), "attempt {i}: a second 101 with one live pod of limit 1");
+                assert!(
+                    open.is_none(),
+                    "attempt {i}: a second 101 with one live pod of limit 1"
+                );
                 assert_eq!(c.backend, "pod-0");
                 open = Some(c);
             }
@@ -161,10 +198,16 @@ async fn upstream_connect_failure_releases() {
             }
             Outcome::Failed(e) => panic!("attempt {i}: no response: {e}"),
         }
-        wscap_e2e::eventually(&format!("attempt {i}: dead endpoint released"), wscap_e2e::SETTLE, || async {
-            let a = rig.wscap_active(&dead).await;
-            (a == 0).then_some(()).ok_or(format!("dead endpoint active {a}"))
-        })
+        wscap_e2e::eventually(
+            &format!("attempt {i}: dead endpoint released"),
+            wscap_e2e::SETTLE,
+            || async {
+                let a = rig.wscap_active(&dead).await;
+                (a == 0)
+                    .then_some(())
+                    .ok_or(format!("dead endpoint active {a}"))
+            },
+        )
         .await;
     }
     assert!(open.is_some(), "the live pod got its one connection");
@@ -185,11 +228,16 @@ async fn idle_timeout_releases() {
     rig.expect_active("two open", &[2]).await;
     assert_wscap_refusal(&rig.connect().await.expect_refused("third"), "no_capacity");
     for c in [&mut a, &mut b] {
-        c.wait_closed(Duration::from_secs(15)).await.expect("Envoy ends the idle tunnel");
+        c.wait_closed(Duration::from_secs(15))
+            .await
+            .expect("Envoy ends the idle tunnel");
     }
     rig.expect_active("after idle timeout", &[0]).await;
     // Exactly the capacity is back.
     let _a = rig.connect().await.expect_open("a again");
     let _b = rig.connect().await.expect_open("b again");
-    assert_wscap_refusal(&rig.connect().await.expect_refused("third again"), "no_capacity");
+    assert_wscap_refusal(
+        &rig.connect().await.expect_refused("third again"),
+        "no_capacity",
+    );
 }

@@ -15,7 +15,11 @@ async fn plain_envoy_proxies_websockets_and_http() {
     let l = ListenerSpec::new("ingress", "backend", vec![]);
     let boot = config::bootstrap(
         std::slice::from_ref(&l),
-        vec![config::static_cluster("backend", &[Endpoint::new(b.addr)], false)],
+        vec![config::static_cluster(
+            "backend",
+            &[Endpoint::new(b.addr)],
+            false,
+        )],
         false,
     );
     let envoy = Envoy::start(&boot, &Opts::plain(1)).await;
@@ -32,21 +36,28 @@ async fn plain_envoy_proxies_websockets_and_http() {
     // Client close frame: the backend sees the connection go.
     c1.close().await;
     eventually("backend back to 1", SETTLE, || async {
-        (b.active() == 1).then_some(()).ok_or(format!("active={}", b.active()))
+        (b.active() == 1)
+            .then_some(())
+            .ok_or(format!("active={}", b.active()))
     })
     .await;
 
     // Client reset.
     c2.reset();
     eventually("backend back to 0", SETTLE, || async {
-        (b.active() == 0).then_some(()).ok_or(format!("active={}", b.active()))
+        (b.active() == 0)
+            .then_some(())
+            .ok_or(format!("active={}", b.active()))
     })
     .await;
 
     // Server close frame reaches the client.
     let mut c3 = connect(port, "/ws").await.expect_open("third");
     assert_eq!(b.close_all(), 1);
-    let how = c3.wait_closed(Duration::from_secs(10)).await.expect("closed by server");
+    let how = c3
+        .wait_closed(Duration::from_secs(10))
+        .await
+        .expect("closed by server");
     assert!(how.contains("close") || how.contains("eof"), "{how}");
 
     // Refused upgrade is passed through with the backend's status.
@@ -66,7 +77,9 @@ async fn plain_envoy_proxies_websockets_and_http() {
     // Killed backend: the client's connection ends.
     let mut c4 = connect(port, "/ws").await.expect_open("fourth");
     b.kill();
-    c4.wait_closed(Duration::from_secs(10)).await.expect("ended by kill");
+    c4.wait_closed(Duration::from_secs(10))
+        .await
+        .expect("ended by kill");
     match connect(port, "/ws").await {
         Outcome::Refused(r) => assert_eq!(r.status, 503),
         other => panic!("expected 503 after kill, got {}", other.status()),
@@ -90,7 +103,9 @@ async fn plain_envoy_follows_file_eds() {
         vec![config::eds_cluster("backend", &eds, false)],
         false,
     );
-    let envoy = Envoy::try_start_in(&dir, &boot, &Opts::plain(1)).await.unwrap();
+    let envoy = Envoy::try_start_in(&dir, &boot, &Opts::plain(1))
+        .await
+        .unwrap();
     let port = envoy.listener_port("ingress").await;
     let c = connect(port, "/").await.expect_open("to a");
     assert_eq!(c.backend, "pod-a");

@@ -20,17 +20,26 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement: run with --ignored --nocapture"]
 async fn handshake_latency() {
-    let n: usize = std::env::var("WSCAP_E2E_HANDSHAKES").ok().and_then(|s| s.parse().ok()).unwrap_or(400);
+    let n: usize = std::env::var("WSCAP_E2E_HANDSHAKES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(400);
     let pod = Backend::start("pod-0").await;
     let with = ListenerSpec::new(
         "with_wscap",
         CLUSTER,
-        vec![config::wscap_filter(&config::filter_config(CLUSTER, 100_000, 1))],
+        vec![config::wscap_filter(&config::filter_config(
+            CLUSTER, 100_000, 1,
+        ))],
     );
     let without = ListenerSpec::new("without_wscap", CLUSTER, vec![]);
     let boot = config::bootstrap(
         &[with, without],
-        vec![config::static_cluster(CLUSTER, &[Endpoint::new(pod.addr)], true)],
+        vec![config::static_cluster(
+            CLUSTER,
+            &[Endpoint::new(pod.addr)],
+            true,
+        )],
         true,
     );
     let concurrency = wscap_e2e::concurrency();
@@ -41,13 +50,21 @@ async fn handshake_latency() {
     // Warm-up, then interleave the two sides so that drift affects both alike.
     for port in [p_with, p_without] {
         for _ in 0..20 {
-            connect(port, "/ws").await.expect_open("warm-up").close().await;
+            connect(port, "/ws")
+                .await
+                .expect_open("warm-up")
+                .close()
+                .await;
         }
     }
     let mut t_with = Vec::with_capacity(n);
     let mut t_without = Vec::with_capacity(n);
     for i in 0..(2 * n) {
-        let (port, out) = if i % 2 == 0 { (p_with, &mut t_with) } else { (p_without, &mut t_without) };
+        let (port, out) = if i % 2 == 0 {
+            (p_with, &mut t_with)
+        } else {
+            (p_without, &mut t_without)
+        };
         let t0 = Instant::now();
         let c = connect(port, "/ws").await.expect_open("handshake");
         out.push(t0.elapsed());
@@ -58,8 +75,18 @@ async fn handshake_latency() {
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     println!("handshake latency through Envoy 1.40 (--concurrency {concurrency}), {n} handshakes each, debug/release as built:");
     println!("  {:<16} {:>10} {:>10}", "", "median µs", "p99 µs");
-    println!("  {:<16} {:>10.1} {:>10.1}", "with wscap", us(percentile(&t_with, 0.5)), us(percentile(&t_with, 0.99)));
-    println!("  {:<16} {:>10.1} {:>10.1}", "without wscap", us(percentile(&t_without, 0.5)), us(percentile(&t_without, 0.99)));
+    println!(
+        "  {:<16} {:>10.1} {:>10.1}",
+        "with wscap",
+        us(percentile(&t_with, 0.5)),
+        us(percentile(&t_with, 0.99))
+    );
+    println!(
+        "  {:<16} {:>10.1} {:>10.1}",
+        "without wscap",
+        us(percentile(&t_without, 0.5)),
+        us(percentile(&t_without, 0.99))
+    );
     println!(
         "  median difference: {:+.1} µs",
         us(percentile(&t_with, 0.5)) - us(percentile(&t_without, 0.5))

@@ -17,7 +17,11 @@ async fn plain_http_passes_untouched() {
         assert_eq!(r.header("x-wscap-reason"), None);
     };
     for i in 0..4 {
-        check(&http::get(addr, &format!("/plain/{i}")).await.expect("plain GET"));
+        check(
+            &http::get(addr, &format!("/plain/{i}"))
+                .await
+                .expect("plain GET"),
+        );
     }
     // Fill every pod with WebSockets: plain requests still pass.
     let _a = rig.connect().await.expect_open("ws 1");
@@ -25,14 +29,25 @@ async fn plain_http_passes_untouched() {
     assert_wscap_refusal(&rig.connect().await.expect_refused("ws 3"), "no_capacity");
     let rejected_before = rig.prom_rejected().await;
     for i in 0..6 {
-        check(&http::get(addr, &format!("/plain/full/{i}")).await.expect("plain GET while full"));
+        check(
+            &http::get(addr, &format!("/plain/full/{i}"))
+                .await
+                .expect("plain GET while full"),
+        );
     }
     // A request with `connection: upgrade` but no websocket upgrade is plain too.
-    let r = http::request(addr, "GET", "/plain/h2c", &[("upgrade", "h2c")]).await.expect("h2c");
+    let r = http::request(addr, "GET", "/plain/h2c", &[("upgrade", "h2c")])
+        .await
+        .expect("h2c");
     check(&r);
     let served: usize = rig.backends.iter().map(|b| b.plain_requests()).sum();
     assert_eq!(served, 11, "every plain request reached a backend");
-    rig.expect_active("plain requests changed nothing", &[1, 1]).await;
-    assert_eq!(rig.prom_rejected().await, rejected_before, "no plain request was counted as rejected");
+    rig.expect_active("plain requests changed nothing", &[1, 1])
+        .await;
+    assert_eq!(
+        rig.prom_rejected().await,
+        rejected_before,
+        "no plain request was counted as rejected"
+    );
     rig.envoy.assert_running();
 }

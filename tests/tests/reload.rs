@@ -16,7 +16,11 @@ fn listener(port: u16, retry_after: u32, version: &str) -> ListenerSpec {
     let mut l = ListenerSpec::new(
         LISTENER,
         CLUSTER,
-        vec![config::wscap_filter(&config::filter_config(CLUSTER, LIMIT, retry_after))],
+        vec![config::wscap_filter(&config::filter_config(
+            CLUSTER,
+            LIMIT,
+            retry_after,
+        ))],
     );
     l.port = port;
     l.response_header = Some(("x-config-version".into(), version.into()));
@@ -31,10 +35,17 @@ async fn lds_reload_keeps_live_counts() {
     std::fs::create_dir_all(&lds_dir).unwrap();
     let lds = lds_dir.join("listeners.json");
     let port = wscap_e2e::free_port();
-    write_atomic(&lds, &config::lds_file_contents(&[listener(port, 7, "v1")], 1));
+    write_atomic(
+        &lds,
+        &config::lds_file_contents(&[listener(port, 7, "v1")], 1),
+    );
     let mut boot = config::bootstrap(
         &[],
-        vec![config::static_cluster(CLUSTER, &[Endpoint::new(pod.addr)], true)],
+        vec![config::static_cluster(
+            CLUSTER,
+            &[Endpoint::new(pod.addr)],
+            true,
+        )],
         true,
     );
     config::use_file_lds(&mut boot, &lds);
@@ -47,18 +58,33 @@ async fn lds_reload_keeps_live_counts() {
         connect(port, "/ws").await.expect_open("old 1"),
         connect(port, "/ws").await.expect_open("old 2"),
     ];
-    let wscap_active = |doc: &serde_json::Value| metrics::host(doc, CLUSTER, &pod.host()).map_or(-1, |h| h.active);
+    let wscap_active =
+        |doc: &serde_json::Value| metrics::host(doc, CLUSTER, &pod.host()).map_or(-1, |h| h.active);
     assert_eq!(wscap_active(&envoy.wscap().await), 2);
-    let before = envoy.stat("listener_manager.lds.update_success").await.unwrap_or(0);
+    let before = envoy
+        .stat("listener_manager.lds.update_success")
+        .await
+        .unwrap_or(0);
 
     // New listener config: another retry-after and another response header.
-    write_atomic(&lds, &config::lds_file_contents(&[listener(port, 9, "v2")], 2));
+    write_atomic(
+        &lds,
+        &config::lds_file_contents(&[listener(port, 9, "v2")], 2),
+    );
     eventually("LDS update applied", SETTLE, || async {
-        let n = envoy.stat("listener_manager.lds.update_success").await.unwrap_or(0);
-        (n > before).then_some(()).ok_or(format!("update_success {n} (was {before})"))
+        let n = envoy
+            .stat("listener_manager.lds.update_success")
+            .await
+            .unwrap_or(0);
+        (n > before)
+            .then_some(())
+            .ok_or(format!("update_success {n} (was {before})"))
     })
     .await;
-    let rejected = envoy.stat("listener_manager.lds.update_rejected").await.unwrap_or(0);
+    let rejected = envoy
+        .stat("listener_manager.lds.update_rejected")
+        .await
+        .unwrap_or(0);
     assert_eq!(rejected, 0, "LDS update rejected");
 
     // The old tunnels are alive and still counted, everywhere.
@@ -66,25 +92,41 @@ async fn lds_reload_keeps_live_counts() {
         c.echo("across the reload").await.expect("old tunnel alive");
     }
     assert_eq!(pod.active(), 2);
-    assert_eq!(wscap_active(&envoy.wscap().await), 2, "/wscap kept the count");
+    assert_eq!(
+        wscap_active(&envoy.wscap().await),
+        2,
+        "/wscap kept the count"
+    );
 
     // Under the new config exactly one more fits (3 - 2), and the refusal comes from the new config.
-    let n = eventually("new connection served by the v2 listener", SETTLE, || async {
-        match connect(port, "/ws").await {
-            wscap_e2e::client::Outcome::Open(c) => Ok(c),
-            o => Err(format!("status {}", o.status())),
-        }
-    })
+    let n = eventually(
+        "new connection served by the v2 listener",
+        SETTLE,
+        || async {
+            match connect(port, "/ws").await {
+                wscap_e2e::client::Outcome::Open(c) => Ok(c),
+                o => Err(format!("status {}", o.status())),
+            }
+        },
+    )
     .await;
     let r = eventually("refusal from the v2 config", SETTLE, || async {
-        let r = connect(port, "/ws").await.expect_refused("over the limit after reload");
-        (r.header("retry-after") == Some("9")).then_some(r.clone()).ok_or(format!("headers {:?}", r.headers))
+        let r = connect(port, "/ws")
+            .await
+            .expect_refused("over the limit after reload");
+        (r.header("retry-after") == Some("9"))
+            .then_some(r.clone())
+            .ok_or(format!("headers {:?}", r.headers))
     })
     .await;
     assert_eq!(r.status, 503);
     assert_eq!(r.header("x-wscap-reason"), Some("no_capacity"));
     assert_eq!(pod.active(), 3);
-    assert_eq!(pod.max_seen(), 3, "the reload never let the pod go over its limit");
+    assert_eq!(
+        pod.max_seen(),
+        3,
+        "the reload never let the pod go over its limit"
+    );
     assert_eq!(wscap_active(&envoy.wscap().await), 3);
 
     // Everyone leaves: back to 0 (the old config's streams release into the same counts).
@@ -94,7 +136,9 @@ async fn lds_reload_keeps_live_counts() {
     }
     eventually("back to 0", SETTLE, || async {
         let a = wscap_active(&envoy.wscap().await);
-        (a == 0 && pod.active() == 0).then_some(()).ok_or(format!("/wscap {a}, pod {}", pod.active()))
+        (a == 0 && pod.active() == 0)
+            .then_some(())
+            .ok_or(format!("/wscap {a}, pod {}", pod.active()))
     })
     .await;
     envoy.assert_running();

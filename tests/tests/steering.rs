@@ -17,31 +17,49 @@ async fn steering(concurrency: u32) {
 
     let mut held = Vec::new();
     for i in 0..total {
-        let c = rig.connect().await.expect_open(&format!("connection {i} of {total}"));
+        let c = rig
+            .connect()
+            .await
+            .expect_open(&format!("connection {i} of {total}"));
         held.push(c);
         // No pod is ever over its limit, as each backend measured it.
         for (b, lim) in rig.backends.iter().zip(limits) {
-            assert!(b.active() <= lim, "after {i}: {} holds {} > {lim}", b.name, b.active());
+            assert!(
+                b.active() <= lim,
+                "after {i}: {} holds {} > {lim}",
+                b.name,
+                b.active()
+            );
         }
     }
     rig.expect_active("all full", &limits).await;
     for (b, lim) in rig.backends.iter().zip(limits) {
         assert_eq!(b.max_seen(), lim, "{} peak", b.name);
     }
-    assert_wscap_refusal(&rig.connect().await.expect_refused("all pods full"), "no_capacity");
+    assert_wscap_refusal(
+        &rig.connect().await.expect_refused("all pods full"),
+        "no_capacity",
+    );
 
     // Free one slot on each pod in turn: the next connection must land exactly there.
     for target in ["pod-1", "pod-0", "pod-2"] {
-        let i = held.iter().position(|c| c.backend == target).expect("a connection on target");
+        let i = held
+            .iter()
+            .position(|c| c.backend == target)
+            .expect("a connection on target");
         held.remove(i).close().await;
         let mut expected = limits.to_vec();
         expected[rig.index_of(target)] -= 1;
-        rig.expect_active(&format!("freed one on {target}"), &expected).await;
+        rig.expect_active(&format!("freed one on {target}"), &expected)
+            .await;
         let c = rig.connect().await.expect_open("the freed slot");
         assert_eq!(c.backend, target, "steered to the only pod with room");
         held.push(c);
         rig.expect_active("full again", &limits).await;
-        assert_wscap_refusal(&rig.connect().await.expect_refused("full again"), "no_capacity");
+        assert_wscap_refusal(
+            &rig.connect().await.expect_refused("full again"),
+            "no_capacity",
+        );
     }
     for (b, lim) in rig.backends.iter().zip(limits) {
         assert_eq!(b.max_seen(), lim, "{} never went over its limit", b.name);
@@ -79,6 +97,9 @@ async fn steering_equal_limits_fill_every_pod() {
         assert_eq!(c.backend, "pod-2");
         held.push(c);
     }
-    assert_wscap_refusal(&rig.connect().await.expect_refused("full again"), "no_capacity");
+    assert_wscap_refusal(
+        &rig.connect().await.expect_refused("full again"),
+        "no_capacity",
+    );
     rig.expect_active("full again", &[3, 3, 3]).await;
 }

@@ -38,16 +38,29 @@ async fn storm(concurrency: u32) {
             Outcome::Failed(e) => failed.push(e),
         }
     }
-    assert!(failed.is_empty(), "connections failed without a response: {failed:?}");
+    assert!(
+        failed.is_empty(),
+        "connections failed without a response: {failed:?}"
+    );
     let cap = PODS * LIMIT as usize;
-    assert_eq!(open.len(), cap, "clients that got 101 (refusals: {})", refused.len());
+    assert_eq!(
+        open.len(),
+        cap,
+        "clients that got 101 (refusals: {})",
+        refused.len()
+    );
     assert_eq!(refused.len(), CLIENTS - cap, "clients that got a refusal");
     for r in &refused {
         assert_wscap_refusal(r, "no_capacity");
     }
     // What the backends measured.
     for b in &rig.backends {
-        assert!(b.max_seen() <= LIMIT as usize, "{} held {} > {LIMIT}", b.name, b.max_seen());
+        assert!(
+            b.max_seen() <= LIMIT as usize,
+            "{} held {} > {LIMIT}",
+            b.name,
+            b.max_seen()
+        );
         assert_eq!(b.active(), LIMIT as usize, "{} active", b.name);
     }
     // The clients' view of where they landed agrees with the backends.
@@ -55,7 +68,8 @@ async fn storm(concurrency: u32) {
         let n = open.iter().filter(|c| c.backend == b.name).count();
         assert_eq!(n, LIMIT as usize, "clients on {}", b.name);
     }
-    rig.expect_active("after the storm", &[LIMIT as usize; PODS]).await;
+    rig.expect_active("after the storm", &[LIMIT as usize; PODS])
+        .await;
     let doc = rig.envoy.wscap().await;
     let prom = rig.envoy.prometheus().await;
     for b in &rig.backends {
@@ -63,16 +77,59 @@ async fn storm(concurrency: u32) {
         assert_eq!(h.limit, LIMIT as i64, "/wscap limit of {}", b.name);
         assert_eq!(h.state, "active");
         assert_eq!(h.admitted, LIMIT as i64, "/wscap admitted of {}", b.name);
-        let lim = metrics::value(&prom, PROM_LIMIT, &[("cluster", CLUSTER), ("host", &b.host())]);
+        let lim = metrics::value(
+            &prom,
+            PROM_LIMIT,
+            &[("cluster", CLUSTER), ("host", &b.host())],
+        );
         assert_eq!(lim, Some(LIMIT as f64), "prometheus limit of {}", b.name);
-        let adm = metrics::value(&prom, PROM_ADMITTED, &[("cluster", CLUSTER), ("host", &b.host())]);
+        let adm = metrics::value(
+            &prom,
+            PROM_ADMITTED,
+            &[("cluster", CLUSTER), ("host", &b.host())],
+        );
         assert_eq!(adm, Some(LIMIT as f64), "prometheus admitted of {}", b.name);
     }
-    assert_eq!(rig.prom_rejected().await, (CLIENTS - cap) as f64, "prometheus rejected");
+    assert_eq!(
+        rig.prom_rejected().await,
+        (CLIENTS - cap) as f64,
+        "prometheus rejected"
+    );
+    // The module's own exposition, GET /wscap?format=prometheus, says the same.
+    let own = rig.envoy.admin_get("/wscap?format=prometheus").await;
+    assert_eq!(own.status, 200);
+    let own = metrics::parse_prometheus(&own.text());
+    for b in &rig.backends {
+        let host = b.host();
+        let l = [("cluster", CLUSTER), ("host", host.as_str())];
+        assert_eq!(
+            metrics::value(&own, "wscap_active_connections", &l),
+            Some(LIMIT as f64),
+            "/wscap?format=prometheus active of {}",
+            b.name
+        );
+        assert_eq!(
+            metrics::value(&own, "wscap_connection_limit", &l),
+            Some(LIMIT as f64),
+            "/wscap?format=prometheus limit of {}",
+            b.name
+        );
+    }
+    assert_eq!(
+        metrics::value(
+            &own,
+            "wscap_rejected",
+            &[("cluster", CLUSTER), ("reason", "no_capacity")]
+        ),
+        Some((CLIENTS - cap) as f64),
+        "/wscap?format=prometheus rejected"
+    );
 
     // Every admitted tunnel works end to end.
     for (i, c) in open.iter_mut().enumerate() {
-        c.echo(&format!("m{i}")).await.expect("echo through an admitted tunnel");
+        c.echo(&format!("m{i}"))
+            .await
+            .expect("echo through an admitted tunnel");
     }
 
     // Everyone leaves: counts go back to exactly zero, and the full capacity is there again.
@@ -85,7 +142,10 @@ async fn storm(concurrency: u32) {
     for _ in 0..cap {
         again.push(rig.connect().await.expect_open("capacity is back"));
     }
-    assert_wscap_refusal(&rig.connect().await.expect_refused("over capacity again"), "no_capacity");
+    assert_wscap_refusal(
+        &rig.connect().await.expect_refused("over capacity again"),
+        "no_capacity",
+    );
     rig.expect_active("refilled", &[LIMIT as usize; PODS]).await;
     rig.envoy.assert_running();
 }

@@ -66,14 +66,13 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut term =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("wscap-demo: cannot watch SIGTERM: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("wscap-demo: cannot watch SIGTERM: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     // Everything the demo starts is owned inside `run` (Envoy and the pods are Drop guards), so
     // leaving `run` for any reason — done, error, panic, Ctrl-C, SIGTERM — stops them.
     let code = tokio::select! {
@@ -126,14 +125,19 @@ async fn run(args: &Args) -> Result<(), String> {
     }
     wscap_e2e::eventually("pods known to wscap", wscap_e2e::SETTLE, || async {
         let n = metrics::hosts(&envoy.wscap().await, EXAMPLE_CLUSTER).len();
-        (n == pods.len()).then_some(()).ok_or(format!("{n} pods known"))
+        (n == pods.len())
+            .then_some(())
+            .ok_or(format!("{n} pods known"))
     })
     .await;
     settle(&envoy, &pods).await;
     table(&envoy, &pods, "before any client").await;
 
     // More clients than the pods can take, one after the other.
-    println!("\n{} clients open a WebSocket to ws://127.0.0.1:{port}/chat", args.clients);
+    println!(
+        "\n{} clients open a WebSocket to ws://127.0.0.1:{port}/chat",
+        args.clients
+    );
     let mut held: Vec<WsClient> = Vec::new();
     let mut refused = 0;
     for i in 1..=args.clients {
@@ -179,7 +183,11 @@ async fn run(args: &Args) -> Result<(), String> {
 
     println!("\nEnvoy's own Prometheus stats (wscap lines):");
     let r = envoy.admin_get("/stats/prometheus").await;
-    for line in r.text().lines().filter(|l| l.contains("wscap_") && !l.starts_with('#')) {
+    for line in r
+        .text()
+        .lines()
+        .filter(|l| l.contains("wscap_") && !l.starts_with('#'))
+    {
         println!("  {line}");
     }
 
@@ -201,7 +209,11 @@ async fn settle(envoy: &Envoy, pods: &[Backend]) {
         let agree = pods.iter().all(|b| {
             let a = b.active() as i64;
             let w = metrics::host(&doc, EXAMPLE_CLUSTER, &b.host()).map(|h| h.active);
-            let p = metrics::value(&prom, PROM_ACTIVE, &[("cluster", EXAMPLE_CLUSTER), ("host", &b.host())]);
+            let p = metrics::value(
+                &prom,
+                PROM_ACTIVE,
+                &[("cluster", EXAMPLE_CLUSTER), ("host", &b.host())],
+            );
             w == Some(a) && p == Some(a as f64)
         });
         if agree {
@@ -221,10 +233,23 @@ async fn table(envoy: &Envoy, pods: &[Backend], title: &str) {
     );
     for b in pods {
         let h = metrics::host(&doc, EXAMPLE_CLUSTER, &b.host());
-        let p = metrics::value(&prom, PROM_ACTIVE, &[("cluster", EXAMPLE_CLUSTER), ("host", &b.host())]);
-        let pl = metrics::value(&prom, PROM_LIMIT, &[("cluster", EXAMPLE_CLUSTER), ("host", &b.host())]);
+        let p = metrics::value(
+            &prom,
+            PROM_ACTIVE,
+            &[("cluster", EXAMPLE_CLUSTER), ("host", &b.host())],
+        );
+        let pl = metrics::value(
+            &prom,
+            PROM_LIMIT,
+            &[("cluster", EXAMPLE_CLUSTER), ("host", &b.host())],
+        );
         let (active, limit, state, admitted) = match &h {
-            Some(h) => (h.active.to_string(), h.limit.to_string(), h.state.clone(), h.admitted.to_string()),
+            Some(h) => (
+                h.active.to_string(),
+                h.limit.to_string(),
+                h.state.clone(),
+                h.admitted.to_string(),
+            ),
             None => ("-".into(), "-".into(), "absent".into(), "-".into()),
         };
         let prom_s = match (p, pl) {
