@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,6 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
 /// Header the backend adds to its `101` and plain responses: its name.
 pub const BACKEND_HEADER: &str = "x-backend";
@@ -38,6 +40,7 @@ enum Cmd {
 struct Conn {
     cmd: mpsc::UnboundedSender<Cmd>,
     task: Option<JoinHandle<()>>,
+    fd: RawFd,
 }
 
 #[derive(Default)]
@@ -127,7 +130,11 @@ impl Backend {
         self.shared.active.load(Ordering::SeqCst)
     }
 
-    /// Most WebSocket connections this backend ever held at once.
+    /// Most WebSocket connections this backend ever held at once, counted when each new one is
+    /// accepted. A connection the proxy has already closed or reset (the kernel reports
+    /// POLLRDHUP on it) but whose end this backend has not processed yet is not counted: the pod
+    /// cannot tell when Envoy frees a slot except by that hang-up, so counting it would measure
+    /// this backend's own scheduling, not the proxy.
     pub fn max_seen(&self) -> usize {
         self.shared.max.load(Ordering::SeqCst)
     }
@@ -263,19 +270,36 @@ async fn websocket(sock: TcpStream, sh: Arc<Shared>, name: String) {
         }
     };
     let id = sh.next_id.fetch_add(1, Ordering::SeqCst);
+    let fd = ws.get_ref().as_raw_fd();
     let (tx, mut rx) = mpsc::unbounded_channel();
-    // Register before counting so that close_all()/kill() see every counted connection.
-    let now = sh.active.fetch_add(1, Ordering::SeqCst) + 1;
-    sh.max.fetch_max(now, Ordering::SeqCst);
-    sh.accepted.fetch_add(1, Ordering::SeqCst);
-    let guard = LiveGuard {
-        shared: sh.clone(),
-        id,
+    {
+        // Count and register under the lock, so that close_all()/kill() see every counted
+        // connection and the peak only counts connections the proxy has not already closed.
+        let mut m = sh.conns.lock().expect("conns lock");
+        let still_open = m.values().filter(|c| !peer_hung_up(c.fd)).count();
+        sh.max.fetch_max(still_open + 1, Ordering::SeqCst);
+        sh.active.fetch_add(1, Ordering::SeqCst);
+        sh.accepted.fetch_add(1, Ordering::SeqCst);
+        m.insert(
+            id,
+            Conn {
+                cmd: tx,
+                task: None,
+                fd,
+            },
+        );
+    }
+    let state = ConnState {
+        _guard: LiveGuard {
+            shared: sh.clone(),
+            id,
+        },
+        ws,
     };
     // The connection runs in its own task so that kill() can abort it.
     let task = tokio::spawn(async move {
-        let _guard = guard;
-        let mut ws = ws;
+        let mut state = state;
+        let ws = &mut state.ws;
         let mut closing = false;
         // Once we sent a close frame, give the peer a few seconds to answer, then drop the socket.
         let close_deadline = tokio::time::sleep(Duration::from_secs(3600));
@@ -313,19 +337,32 @@ async fn websocket(sock: TcpStream, sh: Arc<Shared>, name: String) {
             }
         }
     });
-    let mut m = sh.conns.lock().expect("conns lock");
-    m.insert(
-        id,
-        Conn {
-            cmd: tx,
-            task: Some(task),
-        },
-    );
-    // If the task already finished, its guard tried to remove the entry before we inserted it.
-    if m.get(&id)
-        .and_then(|c| c.task.as_ref())
-        .is_some_and(|t| t.is_finished())
-    {
-        m.remove(&id);
+    // If the task already ended, its guard removed the entry and the handle is simply dropped.
+    if let Some(c) = sh.conns.lock().expect("conns lock").get_mut(&id) {
+        c.task = Some(task);
     }
+}
+
+/// A live connection's state. Fields drop in order: the guard unregisters the connection (under
+/// the conns lock) before the socket is closed, so a registered fd is always an open socket.
+struct ConnState {
+    _guard: LiveGuard,
+    ws: WebSocketStream<TcpStream>,
+}
+
+/// True when the peer of socket `fd` has closed or reset the connection (POLLRDHUP/HUP/ERR),
+/// even if this backend has not read that yet.
+fn peer_hung_up(fd: RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY:
+    // - `p` is a valid, initialised pollfd that lives across the call, and nfds is 1;
+    // - timeout 0: poll(2) never blocks;
+    // - `fd` is open: connections are unregistered (under the lock the caller holds) before their
+    //   socket is closed, see `ConnState`.
+    let r = unsafe { libc::poll(&mut p, 1, 0) };
+    r > 0 && (p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR)) != 0
 }
