@@ -192,3 +192,36 @@ fn header_is_strict_c99_and_cxx11_on_its_own() {
         check(&mut cmd);
     }
 }
+
+/// The example in ffi/README.md compiles, links against the shared library and runs.
+#[test]
+fn readme_example_links_shared_and_runs() {
+    let readme = std::fs::read_to_string(repo().join("ffi/README.md")).unwrap();
+    let example = readme
+        .split("### Example")
+        .nth(1)
+        .and_then(|s| s.split("```c\n").nth(1))
+        .and_then(|s| s.split("```").next())
+        .expect("ffi/README.md has a C example");
+    let dir = out_dir();
+    let src = dir.join("readme_example.c");
+    std::fs::write(&src, example).unwrap();
+    let lib_dir = static_lib().parent().unwrap().to_path_buf();
+    assert!(
+        lib_dir.join("libwscap_ffi.so").exists(),
+        "libwscap_ffi.so missing next to libwscap_ffi.a in {lib_dir:?}"
+    );
+    let exe = dir.join("readme_example");
+    check(
+        Command::new("gcc")
+            .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-I"])
+            .arg(repo().join("include"))
+            .arg(&src)
+            .arg("-L")
+            .arg(&lib_dir)
+            .args(["-lwscap_ffi", "-o"])
+            .arg(&exe),
+    );
+    let stdout = check(Command::new(&exe).env("LD_LIBRARY_PATH", &lib_dir));
+    assert!(stdout.starts_with("connect to 10.0.0."), "{stdout}");
+}
