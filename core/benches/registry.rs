@@ -1,6 +1,7 @@
 //! Admission + release costs, against the floor (a bare read-then-CAS + fetch_sub on one atomic)
 //! and naive baselines, all in one run. `scripts/bench-core` runs it and writes the ratios into
 //! docs/BENCHMARKS.md.
+#![allow(missing_docs)] // criterion's macros generate undocumented items
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -17,7 +18,15 @@ const LIMIT: u32 = 1_000_000;
 
 fn hosts(n: usize) -> Vec<HostSpec> {
     (0..n)
-        .map(|i| HostSpec::parse(&format!("10.{}.{}.{}:8080", i / 62500, (i / 250) % 250, i % 250 + 1)).unwrap())
+        .map(|i| {
+            HostSpec::parse(&format!(
+                "10.{}.{}.{}:8080",
+                i / 62500,
+                (i / 250) % 250,
+                i % 250 + 1
+            ))
+            .unwrap()
+        })
         .collect()
 }
 
@@ -69,9 +78,12 @@ fn single_thread(c: &mut Criterion) {
     let fc = full.set_default_limit("pods", 0).unwrap();
     fc.set_hosts(&hosts(1));
     let fh = fc.host(&"10.0.0.1:8080".parse().unwrap()).unwrap();
-    g.bench_function("wscap_host_reject", |b| b.iter(|| black_box(fh.try_acquire().is_err())));
+    g.bench_function("wscap_host_reject", |b| {
+        b.iter(|| black_box(fh.try_acquire().is_err()))
+    });
 
-    let mutex: Mutex<HashMap<String, u32>> = Mutex::new(HashMap::from([("10.0.0.1:8080".to_string(), 0)]));
+    let mutex: Mutex<HashMap<String, u32>> =
+        Mutex::new(HashMap::from([("10.0.0.1:8080".to_string(), 0)]));
     g.bench_function("baseline_mutex_hashmap", |b| {
         b.iter(|| {
             let key = black_box("10.0.0.1:8080");
@@ -117,7 +129,9 @@ fn choose(c: &mut Criterion) {
     let reg = Registry::new();
     reg.set_default_limit("pods", LIMIT).unwrap();
     reg.set_hosts("pods", &hosts(3)).unwrap();
-    g.bench_function("by_name_3", |b| b.iter(|| drop(black_box(reg.acquire("pods").unwrap()))));
+    g.bench_function("by_name_3", |b| {
+        b.iter(|| drop(black_box(reg.acquire("pods").unwrap())))
+    });
     g.finish();
 }
 
@@ -155,7 +169,10 @@ fn contended(c: &mut Criterion) {
             })
         })
     });
-    let two = [CachePadded::new(AtomicU32::new(0)), CachePadded::new(AtomicU32::new(0))];
+    let two = [
+        CachePadded::new(AtomicU32::new(0)),
+        CachePadded::new(AtomicU32::new(0)),
+    ];
     g.bench_function("floor_different_counters", |b| {
         b.iter_custom(|iters| {
             two_threads(iters, |t| {

@@ -10,7 +10,9 @@ use wscap_core::{HostSpec, Registry};
 
 fn main() {
     let registry = Registry::new();
-    let pods = registry.set_default_limit("websocket-pods", 25).expect("valid limit");
+    let pods = registry
+        .set_default_limit("websocket-pods", 25)
+        .expect("valid limit");
     let members: Vec<HostSpec> = (1..=4)
         .map(|i| HostSpec::parse(&format!("10.0.0.{i}:8080")).expect("valid address"))
         .collect();
@@ -35,7 +37,7 @@ fn main() {
                             }
                         }
                     } else if !open.is_empty() {
-                        open.swap_remove(rng.usize(..open.len()));
+                        drop(open.swap_remove(rng.usize(..open.len())));
                     }
                     std::thread::sleep(Duration::from_micros(200));
                 }
@@ -46,7 +48,11 @@ fn main() {
             match tick {
                 2 => {
                     println!("-- pod 10.0.0.2:8080 leaves the cluster (drains) --");
-                    pods.set_hosts(&[with_big[0].clone(), with_big[2].clone(), with_big[3].clone()]);
+                    pods.set_hosts(&[
+                        with_big[0].clone(),
+                        with_big[2].clone(),
+                        with_big[3].clone(),
+                    ]);
                 }
                 4 => {
                     println!("-- pod 10.0.0.2:8080 comes back with its live count --");
@@ -64,7 +70,10 @@ fn main() {
 
 fn print_table(registry: &Registry, refused: u64) {
     for cluster in registry.snapshot().clusters {
-        println!("{:<18} {:>6} {:>6} {:>9} {:>9}", cluster.name, "active", "limit", "state", "admitted");
+        println!(
+            "{:<18} {:>6} {:>6} {:>9} {:>9}",
+            cluster.name, "active", "limit", "state", "admitted"
+        );
         for h in cluster.hosts {
             println!(
                 "  {:<16} {:>6} {:>6} {:>9} {:>9}",

@@ -1,7 +1,5 @@
 //! Typed errors. Nothing in this crate panics on bad input; it returns one of these.
 
-
-
 /// Why a membership or configuration call was refused. Nothing was changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -58,4 +56,3 @@ impl Rejected {
         }
     }
 }
-

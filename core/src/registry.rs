@@ -109,10 +109,15 @@ impl HostSlot {
     #[inline]
     pub(crate) fn release(&self) {
         if self.hot.state.release() {
-            // Last connection of a draining host: drop it from its cluster (cold path).
-            if let Some(cluster) = self.cluster.upgrade() {
-                cluster.prune();
-            }
+            self.vacated();
+        }
+    }
+
+    /// The last connection of a draining host is gone: drop the host from its cluster.
+    #[cold]
+    fn vacated(&self) {
+        if let Some(cluster) = self.cluster.upgrade() {
+            cluster.prune();
         }
     }
 
@@ -124,12 +129,13 @@ impl HostSlot {
         &self.cluster_name
     }
 
-    fn snapshot(&self) -> HostSnapshot {
+    fn snapshot(&self, config: &ClusterConfig) -> HostSnapshot {
         let (active, draining) = self.hot.state.load();
         HostSnapshot {
             address: self.addr.as_str().to_owned(),
             active,
-            limit: self.hot.state.limit(),
+            limit: config.configured(&self.addr),
+            cap: config.caps.get(&self.addr).copied(),
             state: if draining {
                 HostState::Draining
             } else {
@@ -192,6 +198,10 @@ impl Host {
                 self.0.rejected.fetch_add(1, Ordering::Relaxed);
                 Err(match refusal {
                     Refusal::Full => Rejected::NoCapacity,
+                    Refusal::Vacated => {
+                        self.0.vacated();
+                        Rejected::NoCapacity
+                    }
                     Refusal::Draining => Rejected::Draining,
                     Refusal::Removed => Rejected::UnknownHost,
                 })
@@ -284,6 +294,26 @@ struct ClusterConfig {
     default_limit: u32,
     /// Per-host limits over the default, for the hosts that have one.
     overrides: HashMap<HostAddr, u32>,
+    /// Caps under the configured limit (global mode: this instance's share of the host).
+    caps: HashMap<HostAddr, u32>,
+}
+
+impl ClusterConfig {
+    /// The limit a host is configured with: its own, else the default.
+    fn configured(&self, addr: &HostAddr) -> u32 {
+        self.overrides
+            .get(addr)
+            .copied()
+            .unwrap_or(self.default_limit)
+    }
+
+    /// The limit admissions obey: the configured one, under the cap if any.
+    fn effective(&self, addr: &HostAddr) -> u32 {
+        let configured = self.configured(addr);
+        self.caps
+            .get(addr)
+            .map_or(configured, |&cap| cap.min(configured))
+    }
 }
 
 impl ClusterShared {
@@ -332,6 +362,7 @@ impl Cluster {
             config: Mutex::new(ClusterConfig {
                 default_limit,
                 overrides: HashMap::new(),
+                caps: HashMap::new(),
             }),
             rejected_no_capacity: CachePadded::new(AtomicU64::new(0)),
             rejected_no_hosts: AtomicU64::new(0),
@@ -377,11 +408,15 @@ impl Cluster {
             let Some(slot) = pick else {
                 return Err(self.refuse(list));
             };
-            if let Ok(now) = slot.hot.state.try_acquire() {
-                slot.note_admission(now);
-                return Ok(Permit::new(Arc::clone(slot)));
+            match slot.hot.state.try_acquire() {
+                Ok(now) => {
+                    slot.note_admission(now);
+                    return Ok(Permit::new(Arc::clone(slot)));
+                }
+                Err(Refusal::Vacated) => slot.vacated(),
+                // Lost a race for that slot: look again.
+                Err(_) => {}
             }
-            // Lost a race for that slot: look again.
         }
     }
 
@@ -498,8 +533,7 @@ impl Cluster {
         let mut list = Vec::with_capacity(wanted.len().max(current.list.len()));
         for slot in &current.list {
             let state = &slot.hot.state;
-            if let Some(limit) = wanted.remove(&slot.addr) {
-                state.set_limit(limit.unwrap_or(config.default_limit));
+            if wanted.remove(&slot.addr).is_some() {
                 if state.is_draining() {
                     // Never removed while listed: prune runs under this same lock.
                     state.revive();
@@ -521,12 +555,19 @@ impl Cluster {
             }
         }
         config.overrides = overrides;
+        for slot in &list {
+            slot.hot.state.set_limit(config.effective(&slot.addr));
+        }
         // What is left of `wanted` is new, in the caller's order.
         for h in hosts {
             if let Some(limit) = wanted.remove(&h.addr) {
                 list.push(Arc::new(HostSlot {
                     hot: CachePadded::new(Hot {
-                        state: SlotState::new(limit.unwrap_or(config.default_limit)),
+                        state: SlotState::new(
+                            limit
+                                .unwrap_or(config.default_limit)
+                                .min(config.caps.get(&h.addr).copied().unwrap_or(u32::MAX)),
+                        ),
                         peak: std::sync::atomic::AtomicU32::new(0),
                     }),
                     rejected: CachePadded::new(AtomicU64::new(0)),
@@ -556,11 +597,40 @@ impl Cluster {
         let mut config = self.0.config.lock();
         config.default_limit = limit;
         for slot in &self.0.hosts.load().list {
-            if !config.overrides.contains_key(&slot.addr) {
-                slot.hot.state.set_limit(limit);
-            }
+            slot.hot.state.set_limit(config.effective(&slot.addr));
         }
         Ok(())
+    }
+
+    /// Caps a host's limit under its configured one, or lifts the cap (`None`). Global mode uses
+    /// it to hold admissions on a host to this instance's share of it.
+    ///
+    /// Returns the host's live count read after the cap took effect: from then on no admission
+    /// succeeds unless it fits under the cap, so the live count stays at or below
+    /// `max(returned, cap)` until the cap is raised. The cap outlives membership changes.
+    ///
+    /// ```
+    /// # use wscap_core::{Registry, HostSpec, Rejected};
+    /// let reg = Registry::new();
+    /// let c = reg.set_default_limit("c", 10).unwrap();
+    /// c.set_hosts(&[HostSpec::parse("10.0.0.1:80").unwrap()]);
+    /// let addr = "10.0.0.1:80".parse().unwrap();
+    /// let _p = c.acquire().unwrap();
+    /// assert_eq!(c.set_host_cap(&addr, Some(1)), Some(1));
+    /// assert_eq!(c.acquire().unwrap_err(), Rejected::NoCapacity);
+    /// assert_eq!(c.host(&addr).unwrap().limit(), 1);
+    /// c.set_host_cap(&addr, None);
+    /// assert_eq!(c.host(&addr).unwrap().limit(), 10);
+    /// ```
+    pub fn set_host_cap(&self, addr: &HostAddr, cap: Option<u32>) -> Option<u32> {
+        let mut config = self.0.config.lock();
+        match cap {
+            Some(cap) => config.caps.insert(addr.clone(), cap.min(MAX_LIMIT)),
+            None => config.caps.remove(addr),
+        };
+        let hosts = self.0.hosts.load();
+        let slot = hosts.get(addr)?;
+        Some(slot.hot.state.lower_limit(config.effective(addr)))
     }
 
     /// The limit for hosts without one of their own.
@@ -604,14 +674,15 @@ impl Cluster {
     /// assert_eq!(c.snapshot().hosts[0].limit, 4);
     /// ```
     pub fn snapshot(&self) -> ClusterSnapshot {
-        let default_limit = self.default_limit();
+        let config = self.0.config.lock();
+        let default_limit = config.default_limit;
         let mut hosts: Vec<HostSnapshot> = self
             .0
             .hosts
             .load()
             .list
             .iter()
-            .map(|s| s.snapshot())
+            .map(|s| s.snapshot(&config))
             .filter(|h| !(h.state == HostState::Draining && h.active == 0))
             .collect();
         hosts.sort_by(|a, b| a.address.cmp(&b.address));
@@ -805,7 +876,11 @@ impl Registry {
         cluster: &str,
         hosts: &[HostSpec],
     ) -> Result<MembershipChange, ConfigError> {
-        if let Some(l) = hosts.iter().filter_map(|h| h.limit).find(|&l| l > MAX_LIMIT) {
+        if let Some(l) = hosts
+            .iter()
+            .filter_map(|h| h.limit)
+            .find(|&l| l > MAX_LIMIT)
+        {
             return Err(ConfigError::LimitTooLarge {
                 limit: u64::from(l),
             });
@@ -853,8 +928,12 @@ impl Registry {
     /// assert_eq!(names, ["a", "b"]);
     /// ```
     pub fn snapshot(&self) -> Snapshot {
-        let mut clusters: Vec<ClusterSnapshot> =
-            self.clusters.load().values().map(Cluster::snapshot).collect();
+        let mut clusters: Vec<ClusterSnapshot> = self
+            .clusters
+            .load()
+            .values()
+            .map(Cluster::snapshot)
+            .collect();
         clusters.sort_by(|a, b| a.name.cmp(&b.name));
         Snapshot { clusters }
     }

@@ -33,6 +33,9 @@ pub enum Refusal {
     Draining,
     /// The host was removed from its cluster.
     Removed,
+    /// Full: an admission lost to a concurrent limit change was taken back, and that left a
+    /// draining host empty (the caller prunes it, as after the last release).
+    Vacated,
 }
 
 /// Count, state and limit of one host.
@@ -67,14 +70,41 @@ impl SlotState {
                 return Err(Refusal::Full);
             }
             let next = admit(cur);
-            match self.word.compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire) {
+            match self
+                .word
+                .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => {
                     self.carry(next);
+                    // A limit lowered concurrently is seen here, or its writer sees this
+                    // admission. The writer stores the limit, then does a release RMW on the
+                    // word ([`SlotState::lower_limit`]). Both RMWs are ordered on the word: if
+                    // ours came first, the writer's RMW reads our count; if the writer's came
+                    // first, our CAS acquired it and this load sees the new limit.
+                    if active + 1 > u64::from(self.limit.load(Ordering::Acquire)) {
+                        return Err(if self.undo(next) {
+                            Refusal::Vacated
+                        } else {
+                            Refusal::Full
+                        });
+                    }
                     return Ok((active + 1) as u32);
                 }
                 Err(now) => cur = now,
             }
         }
+    }
+
+    /// Takes back an admission that lost to a concurrent limit change, counter included.
+    /// True when that emptied a draining host (as [`SlotState::release`]).
+    #[cold]
+    fn undo(&self, admitted_word: u64) -> bool {
+        if admitted_word >> ADMITTED_SHIFT == 0 {
+            self.admitted_carry
+                .fetch_sub(ADMITTED_WRAP, Ordering::Relaxed);
+        }
+        let prev = self.word.fetch_sub(1 + ADMITTED_ONE, Ordering::AcqRel);
+        prev & (ACTIVE_MASK | FLAGS) == DRAINING | 1
     }
 
     /// Counts a connection that already exists, whatever the limit and even while draining;
@@ -90,7 +120,10 @@ impl SlotState {
                 return Err(Refusal::Full);
             }
             let next = admit(cur);
-            match self.word.compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire) {
+            match self
+                .word
+                .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => {
                     self.carry(next);
                     return Ok((active + 1) as u32);
@@ -104,7 +137,8 @@ impl SlotState {
     fn carry(&self, next: u64) {
         if next >> ADMITTED_SHIFT == 0 {
             // The in-word counter wrapped with this admission.
-            self.admitted_carry.fetch_add(ADMITTED_WRAP, Ordering::Relaxed);
+            self.admitted_carry
+                .fetch_add(ADMITTED_WRAP, Ordering::Relaxed);
         }
     }
 
@@ -120,7 +154,10 @@ impl SlotState {
     #[inline]
     pub fn release(&self) -> bool {
         let prev = self.word.fetch_sub(1, Ordering::AcqRel);
-        debug_assert!(prev & ACTIVE_MASK != 0, "slot released more often than acquired");
+        debug_assert!(
+            prev & ACTIVE_MASK != 0,
+            "slot released more often than acquired"
+        );
         prev & (ACTIVE_MASK | FLAGS) == DRAINING | 1
     }
 
@@ -206,7 +243,18 @@ impl SlotState {
 
     /// Sets the limit. Lowering it below the live count evicts nobody; it only blocks admissions.
     pub fn set_limit(&self, limit: u32) {
+        self.lower_limit(limit);
+    }
+
+    /// Sets the limit and returns the live count read after it took effect: from then on no
+    /// admission succeeds unless it fits under `limit`, so the number of connections admitted
+    /// stays at or below `max(returned, limit)` until the limit is raised again.
+    pub fn lower_limit(&self, limit: u32) -> u32 {
         self.limit.store(limit, Ordering::Release);
+        // A read-modify-write that changes nothing, so that it is ordered with every admission's
+        // CAS on the word (see `try_acquire`). The count it reads may include an admission that
+        // is about to be taken back: an over-estimate, never an under-estimate.
+        (self.word.fetch_add(0, Ordering::AcqRel) & ACTIVE_MASK) as u32
     }
 }
 
@@ -248,9 +296,13 @@ mod tests {
         s.try_acquire().unwrap();
         s.drain();
         assert_eq!(s.try_acquire(), Err(Refusal::Draining));
-        assert!(!s.try_remove(), "a host with live connections is never removed");
+        assert!(
+            !s.try_remove(),
+            "a host with live connections is never removed"
+        );
         assert!(s.release(), "the last release of a draining host says so");
         assert!(s.try_remove());
+        assert!(s.is_removed());
         assert!(!s.revive(), "a removed slot stays dead");
         assert_eq!(s.try_acquire(), Err(Refusal::Removed));
         assert_eq!(s.force_acquire(), Err(Refusal::Removed));
@@ -271,7 +323,8 @@ mod tests {
     fn admitted_counts_every_admission_across_wraps() {
         let s = SlotState::new(5);
         // Start just below a wrap of the in-word field.
-        s.word.store((ADMITTED_WRAP - 2) << ADMITTED_SHIFT, Ordering::Relaxed);
+        s.word
+            .store((ADMITTED_WRAP - 2) << ADMITTED_SHIFT, Ordering::Relaxed);
         for _ in 0..4 {
             s.try_acquire().unwrap();
             s.release();

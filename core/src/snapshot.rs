@@ -66,8 +66,11 @@ pub struct HostSnapshot {
     pub address: String,
     /// Live connections.
     pub active: u32,
-    /// The host's limit.
+    /// The host's configured limit.
     pub limit: u32,
+    /// A cap under the limit (global mode: this instance's share), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cap: Option<u32>,
     /// Active or draining.
     pub state: HostState,
     /// Connections admitted since the host joined.
@@ -165,7 +168,10 @@ impl Snapshot {
                 }
             }
         }
-        writeln!(out, "# HELP wscap_host_draining 1 while the host drains (takes no new connections).")?;
+        writeln!(
+            out,
+            "# HELP wscap_host_draining 1 while the host drains (takes no new connections)."
+        )?;
         writeln!(out, "# TYPE wscap_host_draining gauge")?;
         for c in &self.clusters {
             for h in &c.hosts {
@@ -178,7 +184,10 @@ impl Snapshot {
                 )?;
             }
         }
-        writeln!(out, "# HELP wscap_rejected WebSocket connections refused, by reason.")?;
+        writeln!(
+            out,
+            "# HELP wscap_rejected WebSocket connections refused, by reason."
+        )?;
         writeln!(out, "# TYPE wscap_rejected counter")?;
         for c in &self.clusters {
             for (reason, n) in [

@@ -102,3 +102,24 @@ fn revive_racing_release() {
         assert_eq!(slot.try_acquire(), Ok(1));
     });
 }
+
+/// An admission racing a lower limit: once `lower_limit` returns `n`, no admission succeeds
+/// unless it fits under the new limit: the held count never exceeds `max(n, limit)`.
+#[test]
+fn admission_racing_a_lower_limit() {
+    loom::model(|| {
+        let slot = Arc::new(SlotState::new(2));
+        slot.try_acquire().unwrap();
+        let admit = {
+            let slot = slot.clone();
+            thread::spawn(move || slot.try_acquire().is_ok())
+        };
+        let seen = slot.lower_limit(1);
+        let admitted = admit.join().unwrap();
+        let held = 1 + u32::from(admitted);
+        assert!(
+            held <= seen.max(1),
+            "held {held} after lowering to 1 with {seen} seen"
+        );
+    });
+}
