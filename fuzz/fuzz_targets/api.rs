@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::ffi::{c_char, CStr, CString};
 use std::ptr::{null, null_mut};
+use std::sync::OnceLock;
 
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
@@ -137,6 +138,15 @@ struct Input {
     ops: Vec<Op>,
 }
 
+/// `WSCAP_FUZZ_TRACE=1 fuzz/target/.../api FILE...` prints each call and its result, to see what
+/// a corpus reaches.
+fn trace(what: &str, r: R) {
+    static ON: OnceLock<bool> = OnceLock::new();
+    if *ON.get_or_init(|| std::env::var_os("WSCAP_FUZZ_TRACE").is_some()) {
+        eprintln!("trace {what} -> {r:?}");
+    }
+}
+
 struct Held {
     permit: *mut wscap_permit,
     cluster: String,
@@ -243,6 +253,7 @@ fn run(input: Input) {
     let config = input.config.c_string();
     let mut reg = 1usize as *mut wscap_registry;
     let r = wscap_registry_new(ptr(&config), &mut reg);
+    trace("registry_new", r);
     match r {
         R::Ok => {}
         R::InvalidConfig | R::InvalidUtf8 => {
@@ -261,6 +272,7 @@ fn run(input: Input) {
                 let c = cluster.c_string(&NAMES);
                 let limit = if limit % 4 == 0 { limit } else { limit % 8 };
                 let r = wscap_set_default_limit(reg, ptr(&c), limit);
+                trace("set_default_limit", r);
                 assert!(
                     matches!(r, R::Ok | R::NullArgument | R::InvalidUtf8 | R::InvalidClusterName | R::LimitTooLarge),
                     "{r:?}"
@@ -281,6 +293,7 @@ fn run(input: Input) {
                 let mut change = wscap_membership_change { added: usize::MAX, ..Default::default() };
                 let arr_ptr = if null_array { null() } else { arr.as_ptr() };
                 let r = wscap_set_hosts(reg, ptr(&c), arr_ptr, arr.len(), &mut change);
+                trace("set_hosts", r);
                 assert!(
                     matches!(r, R::Ok | R::NullArgument | R::InvalidUtf8 | R::InvalidClusterName | R::InvalidAddress),
                     "{r:?}"
@@ -294,6 +307,7 @@ fn run(input: Input) {
                 let c = cluster.c_string(&NAMES);
                 let mut out = 1usize as *mut wscap_permit;
                 let r = wscap_acquire(reg, ptr(&c), &mut out);
+                trace("acquire", r);
                 assert!(
                     matches!(r, R::Ok | R::NullArgument | R::InvalidUtf8 | R::UnknownCluster | R::NoHosts | R::NoCapacity),
                     "{r:?}"
@@ -304,6 +318,7 @@ fn run(input: Input) {
                 let (c, a) = (cluster.c_string(&NAMES), address.c_string(&ADDRS));
                 let mut out = 1usize as *mut wscap_permit;
                 let r = wscap_acquire_host(reg, ptr(&c), ptr(&a), &mut out);
+                trace("acquire_host", r);
                 assert!(
                     matches!(
                         r,
@@ -353,6 +368,7 @@ fn run(input: Input) {
                 let c = config.c_string();
                 let before = full_text(|b, l, n| wscap_export_json(reg, b, l, n));
                 let r = wscap_registry_apply_config(reg, ptr(&c));
+                trace("apply_config", r);
                 let (er, msg) = text_call(4096, |b, l, n| wscap_config_error(ptr(&c), b, l, n));
                 assert_eq!(er, R::Ok);
                 match r {
