@@ -119,16 +119,44 @@ impl ConfigIn {
 
 #[derive(Arbitrary, Debug)]
 enum Op {
-    SetDefaultLimit { cluster: Text, limit: u32 },
-    SetHosts { cluster: Text, hosts: Vec<HostIn>, null_array: bool },
-    Acquire { cluster: Text },
-    AcquireHost { cluster: Text, address: Text },
-    Release { index: u8 },
-    PermitText { index: u8, len: u8, cluster: bool },
-    Export { len: u16, json: bool },
-    ApplyConfig { config: ConfigIn },
-    ConfigError { config: ConfigIn, len: u8 },
-    ResultStr { code: u32 },
+    SetDefaultLimit {
+        cluster: Text,
+        limit: u32,
+    },
+    SetHosts {
+        cluster: Text,
+        hosts: Vec<HostIn>,
+        null_array: bool,
+    },
+    Acquire {
+        cluster: Text,
+    },
+    AcquireHost {
+        cluster: Text,
+        address: Text,
+    },
+    Release {
+        index: u8,
+    },
+    PermitText {
+        index: u8,
+        len: u8,
+        cluster: bool,
+    },
+    Export {
+        len: u16,
+        json: bool,
+    },
+    ApplyConfig {
+        config: ConfigIn,
+    },
+    ConfigError {
+        config: ConfigIn,
+        len: u8,
+    },
+    ResultStr {
+        code: u32,
+    },
     Check,
 }
 
@@ -147,6 +175,11 @@ fn trace(what: &str, r: R) {
     }
 }
 
+/// What out-params hold before a call: a failing call must leave it there.
+fn sentinel<T>() -> *mut T {
+    std::ptr::without_provenance_mut(0x5a5a_5a5a)
+}
+
 struct Held {
     permit: *mut wscap_permit,
     cluster: String,
@@ -158,19 +191,36 @@ fn text_call(len: usize, f: impl Fn(*mut c_char, usize, *mut usize) -> R) -> (R,
     const FILL: c_char = 0x5a;
     let mut buf = vec![FILL; len + 1];
     let mut n = usize::MAX;
-    let r = f(if len == 0 { null_mut() } else { buf.as_mut_ptr() }, len, &mut n);
+    let r = f(
+        if len == 0 {
+            null_mut()
+        } else {
+            buf.as_mut_ptr()
+        },
+        len,
+        &mut n,
+    );
     match r {
         R::Ok => {
             assert!(n < len, "out_n {n} with len {len}");
             assert_eq!(buf[n], 0, "not NUL-terminated");
             assert!(buf[..n].iter().all(|&b| b != 0), "interior NUL");
-            assert!(buf[n + 1..].iter().all(|&b| b == FILL), "wrote past the text");
+            assert!(
+                buf[n + 1..].iter().all(|&b| b == FILL),
+                "wrote past the text"
+            );
             let bytes: Vec<u8> = buf[..n].iter().map(|&b| b as u8).collect();
-            (r, Some(String::from_utf8(bytes).expect("exports are UTF-8")))
+            (
+                r,
+                Some(String::from_utf8(bytes).expect("exports are UTF-8")),
+            )
         }
         R::BufferTooSmall => {
             assert!(n > len, "too small but needs {n} <= {len}");
-            assert!(buf.iter().all(|&b| b == FILL), "wrote into a too-small buffer");
+            assert!(
+                buf.iter().all(|&b| b == FILL),
+                "wrote into a too-small buffer"
+            );
             (r, None)
         }
         other => {
@@ -201,7 +251,9 @@ fn check_counts(reg: *const wscap_registry, held: &[Held], after_admission: Opti
     let doc: serde_json::Value = serde_json::from_str(&json).expect("export is JSON");
     let mut want: HashMap<(&str, &str), u64> = HashMap::new();
     for h in held {
-        *want.entry((h.cluster.as_str(), h.host.as_str())).or_default() += 1;
+        *want
+            .entry((h.cluster.as_str(), h.host.as_str()))
+            .or_default() += 1;
     }
     let mut seen = 0;
     for c in doc["clusters"].as_array().unwrap() {
@@ -213,14 +265,21 @@ fn check_counts(reg: *const wscap_registry, held: &[Held], after_admission: Opti
             assert_eq!(active, expected, "{name}/{addr}: {json}");
             seen += expected;
             if after_admission == Some((name, addr)) {
-                assert!(active <= h["limit"].as_u64().unwrap(), "over the limit: {json}");
+                assert!(
+                    active <= h["limit"].as_u64().unwrap(),
+                    "over the limit: {json}"
+                );
             }
             if h["state"] == "draining" {
                 assert!(active > 0, "an empty draining host is still listed: {json}");
             }
         }
     }
-    assert_eq!(seen, held.len() as u64, "permits on hosts the export does not list: {json}");
+    assert_eq!(
+        seen,
+        held.len() as u64,
+        "permits on hosts the export does not list: {json}"
+    );
 }
 
 fn permit_text(p: *const wscap_permit, cluster: bool) -> String {
@@ -235,7 +294,7 @@ fn permit_text(p: *const wscap_permit, cluster: bool) -> String {
 
 fn admitted(r: R, out: *mut wscap_permit, held: &mut Vec<Held>, reg: *const wscap_registry) {
     if r == R::Ok {
-        assert!(!out.is_null() && out as usize != 1);
+        assert!(!out.is_null() && out != sentinel());
         let h = Held {
             permit: out,
             cluster: permit_text(out, true),
@@ -245,19 +304,19 @@ fn admitted(r: R, out: *mut wscap_permit, held: &mut Vec<Held>, reg: *const wsca
         let last = held.last().unwrap();
         check_counts(reg, held, Some((&last.cluster, &last.host)));
     } else {
-        assert_eq!(out as usize, 1, "out written on {r:?}");
+        assert_eq!(out, sentinel(), "out written on {r:?}");
     }
 }
 
 fn run(input: Input) {
     let config = input.config.c_string();
-    let mut reg = 1usize as *mut wscap_registry;
+    let mut reg: *mut wscap_registry = sentinel();
     let r = wscap_registry_new(ptr(&config), &mut reg);
     trace("registry_new", r);
     match r {
         R::Ok => {}
         R::InvalidConfig | R::InvalidUtf8 => {
-            assert_eq!(reg as usize, 1, "out written on {r:?}");
+            assert_eq!(reg, sentinel(), "out written on {r:?}");
             let (r, msg) = text_call(4096, |b, l, n| wscap_config_error(ptr(&config), b, l, n));
             assert_eq!(r, R::Ok);
             assert!(!msg.unwrap().is_empty(), "refused without a reason");
@@ -274,11 +333,22 @@ fn run(input: Input) {
                 let r = wscap_set_default_limit(reg, ptr(&c), limit);
                 trace("set_default_limit", r);
                 assert!(
-                    matches!(r, R::Ok | R::NullArgument | R::InvalidUtf8 | R::InvalidClusterName | R::LimitTooLarge),
+                    matches!(
+                        r,
+                        R::Ok
+                            | R::NullArgument
+                            | R::InvalidUtf8
+                            | R::InvalidClusterName
+                            | R::LimitTooLarge
+                    ),
                     "{r:?}"
                 );
             }
-            Op::SetHosts { cluster, hosts, null_array } => {
+            Op::SetHosts {
+                cluster,
+                hosts,
+                null_array,
+            } => {
                 let c = cluster.c_string(&NAMES);
                 let addrs: Vec<_> = hosts.iter().map(|h| h.address.c_string(&ADDRS)).collect();
                 let arr: Vec<wscap_host> = hosts
@@ -290,12 +360,22 @@ fn run(input: Input) {
                         has_max_connections: u8::from(h.limit.is_some()),
                     })
                     .collect();
-                let mut change = wscap_membership_change { added: usize::MAX, ..Default::default() };
+                let mut change = wscap_membership_change {
+                    added: usize::MAX,
+                    ..Default::default()
+                };
                 let arr_ptr = if null_array { null() } else { arr.as_ptr() };
                 let r = wscap_set_hosts(reg, ptr(&c), arr_ptr, arr.len(), &mut change);
                 trace("set_hosts", r);
                 assert!(
-                    matches!(r, R::Ok | R::NullArgument | R::InvalidUtf8 | R::InvalidClusterName | R::InvalidAddress),
+                    matches!(
+                        r,
+                        R::Ok
+                            | R::NullArgument
+                            | R::InvalidUtf8
+                            | R::InvalidClusterName
+                            | R::InvalidAddress
+                    ),
                     "{r:?}"
                 );
                 if r != R::Ok {
@@ -305,25 +385,39 @@ fn run(input: Input) {
             }
             Op::Acquire { cluster } => {
                 let c = cluster.c_string(&NAMES);
-                let mut out = 1usize as *mut wscap_permit;
+                let mut out: *mut wscap_permit = sentinel();
                 let r = wscap_acquire(reg, ptr(&c), &mut out);
                 trace("acquire", r);
                 assert!(
-                    matches!(r, R::Ok | R::NullArgument | R::InvalidUtf8 | R::UnknownCluster | R::NoHosts | R::NoCapacity),
+                    matches!(
+                        r,
+                        R::Ok
+                            | R::NullArgument
+                            | R::InvalidUtf8
+                            | R::UnknownCluster
+                            | R::NoHosts
+                            | R::NoCapacity
+                    ),
                     "{r:?}"
                 );
                 admitted(r, out, &mut held, reg);
             }
             Op::AcquireHost { cluster, address } => {
                 let (c, a) = (cluster.c_string(&NAMES), address.c_string(&ADDRS));
-                let mut out = 1usize as *mut wscap_permit;
+                let mut out: *mut wscap_permit = sentinel();
                 let r = wscap_acquire_host(reg, ptr(&c), ptr(&a), &mut out);
                 trace("acquire_host", r);
                 assert!(
                     matches!(
                         r,
-                        R::Ok | R::NullArgument | R::InvalidUtf8 | R::InvalidAddress | R::UnknownCluster
-                            | R::UnknownHost | R::Draining | R::NoCapacity
+                        R::Ok
+                            | R::NullArgument
+                            | R::InvalidUtf8
+                            | R::InvalidAddress
+                            | R::UnknownCluster
+                            | R::UnknownHost
+                            | R::Draining
+                            | R::NoCapacity
                     ),
                     "{r:?}"
                 );
@@ -338,7 +432,11 @@ fn run(input: Input) {
                     check_counts(reg, &held, None);
                 }
             }
-            Op::PermitText { index, len, cluster } => {
+            Op::PermitText {
+                index,
+                len,
+                cluster,
+            } => {
                 if let Some(h) = held.get(index as usize % held.len().max(1)) {
                     let p = h.permit;
                     let (r, s) = text_call(len as usize, |b, l, n| {
@@ -385,7 +483,8 @@ fn run(input: Input) {
             }
             Op::ConfigError { config, len } => {
                 let c = config.c_string();
-                let (r, _) = text_call(len as usize, |b, l, n| wscap_config_error(ptr(&c), b, l, n));
+                let (r, _) =
+                    text_call(len as usize, |b, l, n| wscap_config_error(ptr(&c), b, l, n));
                 assert!(matches!(r, R::Ok | R::BufferTooSmall), "{r:?}");
             }
             Op::ResultStr { code } => {
