@@ -135,7 +135,7 @@ impl HostSlot {
             address: self.addr.as_str().to_owned(),
             active,
             limit: config.configured(&self.addr),
-            cap: config.caps.get(&self.addr).copied(),
+            cap: config.caps.get(&self.addr).copied().or(config.default_cap),
             state: if draining {
                 HostState::Draining
             } else {
@@ -296,6 +296,8 @@ struct ClusterConfig {
     overrides: HashMap<HostAddr, u32>,
     /// Caps under the configured limit (global mode: this instance's share of the host).
     caps: HashMap<HostAddr, u32>,
+    /// The cap of hosts without one of their own (global mode: 0, nothing before a grant).
+    default_cap: Option<u32>,
 }
 
 impl ClusterConfig {
@@ -355,7 +357,7 @@ impl ClusterShared {
 pub struct Cluster(Arc<ClusterShared>);
 
 impl Cluster {
-    fn new(name: &str, default_limit: u32) -> Self {
+    fn new(name: &str, default_limit: u32, default_cap: Option<u32>) -> Self {
         Cluster(Arc::new(ClusterShared {
             name: Arc::from(name),
             hosts: ArcSwap::from_pointee(HostSet::default()),
@@ -363,6 +365,7 @@ impl Cluster {
                 default_limit,
                 overrides: HashMap::new(),
                 caps: HashMap::new(),
+                default_cap,
             }),
             rejected_no_capacity: CachePadded::new(AtomicU64::new(0)),
             rejected_no_hosts: AtomicU64::new(0),
@@ -564,9 +567,14 @@ impl Cluster {
                 list.push(Arc::new(HostSlot {
                     hot: CachePadded::new(Hot {
                         state: SlotState::new(
-                            limit
-                                .unwrap_or(config.default_limit)
-                                .min(config.caps.get(&h.addr).copied().unwrap_or(u32::MAX)),
+                            limit.unwrap_or(config.default_limit).min(
+                                config
+                                    .caps
+                                    .get(&h.addr)
+                                    .copied()
+                                    .or(config.default_cap)
+                                    .unwrap_or(u32::MAX),
+                            ),
                         ),
                         peak: std::sync::atomic::AtomicU32::new(0),
                     }),
@@ -631,6 +639,27 @@ impl Cluster {
         let hosts = self.0.hosts.load();
         let slot = hosts.get(addr)?;
         Some(slot.hot.state.lower_limit(config.effective(addr)))
+    }
+
+    /// Sets the cap of hosts without a cap of their own (see [`Cluster::set_host_cap`]), or lifts
+    /// it. Global mode sets 0, so that no host admits before the ledger grants it a share.
+    ///
+    /// ```
+    /// # use wscap_core::{Registry, HostSpec, Rejected};
+    /// let reg = Registry::new();
+    /// let c = reg.set_default_limit("c", 10).unwrap();
+    /// c.set_default_cap(Some(0));
+    /// c.set_hosts(&[HostSpec::parse("10.0.0.1:80").unwrap()]);
+    /// assert_eq!(c.acquire().unwrap_err(), Rejected::NoCapacity);
+    /// c.set_host_cap(&"10.0.0.1:80".parse().unwrap(), Some(1));
+    /// assert!(c.acquire().is_ok());
+    /// ```
+    pub fn set_default_cap(&self, cap: Option<u32>) {
+        let mut config = self.0.config.lock();
+        config.default_cap = cap.map(|c| c.min(MAX_LIMIT));
+        for slot in &self.0.hosts.load().list {
+            slot.hot.state.set_limit(config.effective(&slot.addr));
+        }
     }
 
     /// The limit for hosts without one of their own.
@@ -778,7 +807,8 @@ fn check_limit(limit: u32) -> Result<(), ConfigError> {
 /// ```
 pub struct Registry {
     clusters: ArcSwap<HashMap<Arc<str>, Cluster>>,
-    write: Mutex<()>,
+    /// Serialises cluster creation; holds the default cap of clusters to come.
+    write: Mutex<Option<u32>>,
 }
 
 impl Default for Registry {
@@ -804,7 +834,7 @@ impl Registry {
     pub fn new() -> Self {
         Registry {
             clusters: ArcSwap::from_pointee(HashMap::new()),
-            write: Mutex::new(()),
+            write: Mutex::new(None),
         }
     }
 
@@ -836,16 +866,34 @@ impl Registry {
         if name.is_empty() {
             return Err(ConfigError::EmptyClusterName);
         }
-        let _write = self.write.lock();
+        let default_cap = self.write.lock();
         let current = self.clusters.load_full();
         if let Some(c) = current.get(name) {
             return Ok(c.clone());
         }
-        let cluster = Cluster::new(name, 0);
+        let cluster = Cluster::new(name, 0, *default_cap);
         let mut next = HashMap::clone(&current);
         next.insert(Arc::from(name), cluster.clone());
         self.clusters.store(Arc::new(next));
         Ok(cluster)
+    }
+
+    /// Sets the default cap ([`Cluster::set_default_cap`]) of every cluster, present and to come.
+    ///
+    /// ```
+    /// # use wscap_core::{Registry, HostSpec, Rejected};
+    /// let reg = Registry::new();
+    /// reg.set_default_cap(Some(0));
+    /// reg.set_default_limit("c", 5).unwrap();
+    /// reg.set_hosts("c", &[HostSpec::parse("10.0.0.1:80").unwrap()]).unwrap();
+    /// assert_eq!(reg.acquire("c").unwrap_err(), Rejected::NoCapacity);
+    /// ```
+    pub fn set_default_cap(&self, cap: Option<u32>) {
+        let mut default_cap = self.write.lock();
+        *default_cap = cap;
+        for c in self.clusters.load().values() {
+            c.set_default_cap(cap);
+        }
     }
 
     /// Sets a cluster's default per-host limit, creating the cluster if needed.

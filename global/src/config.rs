@@ -1,0 +1,206 @@
+//! Global-mode settings, as they arrive in the bootstrap extension's JSON config.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// What an instance does while Redis cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FailMode {
+    /// Admit within the share already held, until that share's lease would have expired on the
+    /// server (`lease_ttl_ms` after the last successful refresh, timed from before it was sent);
+    /// then admit nothing new until Redis answers again. Exact: never over the fleet limit.
+    #[default]
+    KeepShare,
+    /// Admit nothing new while Redis cannot be reached. Exact.
+    Reject,
+    /// Admit up to `local_limit` connections per pod on this instance alone. Not exact: the
+    /// fleet may hold up to instances × `local_limit` on a pod while Redis is down.
+    LocalLimit,
+}
+
+/// Settings of global mode.
+///
+/// ```
+/// let c = wscap_global::GlobalConfig::from_json(r#"{"redis_url":"redis://127.0.0.1:6379"}"#).unwrap();
+/// assert_eq!(c.lease_ttl_ms, 10_000);
+/// assert!(wscap_global::GlobalConfig::from_json(r#"{"redis_url":"redis://x","bogus":1}"#).is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GlobalConfig {
+    /// `redis://[user:password@]host:port[/db]`; `rediss://` for TLS.
+    pub redis_url: String,
+    /// This instance's id in the ledger; default: hostname and process id.
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    /// How long a lease lives on the server without a refresh.
+    #[serde(default = "default_lease_ttl_ms")]
+    pub lease_ttl_ms: u64,
+    /// How often leases and counts are refreshed.
+    #[serde(default = "default_refresh_ms")]
+    pub refresh_ms: u64,
+    /// What to do while Redis cannot be reached.
+    #[serde(default)]
+    pub fail_mode: FailMode,
+    /// The per-pod limit of this instance alone under [`FailMode::LocalLimit`].
+    #[serde(default)]
+    pub local_limit: Option<u32>,
+    /// Spare share an instance keeps above its live count per pod, so that most admissions need
+    /// no round trip.
+    #[serde(default = "default_headroom")]
+    pub headroom: u32,
+    /// After Redis comes back empty, how long instances may only reclaim what they hold.
+    /// Default: `lease_ttl_ms`.
+    #[serde(default)]
+    pub restart_grace_ms: Option<u64>,
+    /// Prefix of every key.
+    #[serde(default = "default_prefix")]
+    pub key_prefix: String,
+}
+
+fn default_lease_ttl_ms() -> u64 {
+    10_000
+}
+fn default_refresh_ms() -> u64 {
+    1_000
+}
+fn default_headroom() -> u32 {
+    2
+}
+fn default_prefix() -> String {
+    "wscap".to_owned()
+}
+
+/// Why a global-mode config was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// Not JSON of the expected shape.
+    #[error("invalid global config: {0}")]
+    Json(String),
+    /// A value out of range or inconsistent with another.
+    #[error("invalid global config: {0}")]
+    Invalid(String),
+}
+
+impl GlobalConfig {
+    /// Parses and validates the JSON form.
+    ///
+    /// ```
+    /// use wscap_global::GlobalConfig;
+    /// let err = GlobalConfig::from_json(r#"{"redis_url":"redis://h","refresh_ms":9000,"lease_ttl_ms":10000}"#).unwrap_err();
+    /// assert!(err.to_string().contains("refresh_ms"));
+    /// ```
+    pub fn from_json(json: &str) -> Result<Self, ConfigError> {
+        let c: GlobalConfig =
+            serde_json::from_str(json).map_err(|e| ConfigError::Json(e.to_string()))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks ranges and consistency.
+    ///
+    /// ```
+    /// # use wscap_global::GlobalConfig;
+    /// let mut c = GlobalConfig::new("redis://127.0.0.1:1");
+    /// c.fail_mode = wscap_global::FailMode::LocalLimit;
+    /// assert!(c.validate().is_err(), "local_limit mode needs local_limit");
+    /// ```
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if !(self.redis_url.starts_with("redis://") || self.redis_url.starts_with("rediss://")) {
+            return bad(format!(
+                "redis_url must start with redis:// or rediss://, got {:?}",
+                self.redis_url
+            ));
+        }
+        if self.lease_ttl_ms < 100 || self.lease_ttl_ms > 3_600_000 {
+            return bad(format!(
+                "lease_ttl_ms must be within 100..=3600000, got {}",
+                self.lease_ttl_ms
+            ));
+        }
+        if self.refresh_ms < 10 || self.refresh_ms * 3 > self.lease_ttl_ms {
+            return bad(format!(
+                "refresh_ms must be at least 10 and at most a third of lease_ttl_ms ({}), got {}",
+                self.lease_ttl_ms, self.refresh_ms
+            ));
+        }
+        if let Some(id) = &self.instance_id {
+            if id.is_empty()
+                || id.len() > 128
+                || id.contains(['{', '}'])
+                || id.contains(char::is_control)
+            {
+                return bad(format!(
+                    "instance_id must be 1..=128 printable characters without braces, got {id:?}"
+                ));
+            }
+        }
+        match (self.fail_mode, self.local_limit) {
+            (FailMode::LocalLimit, None) => {
+                return bad("fail_mode local_limit needs local_limit".to_owned())
+            }
+            (FailMode::KeepShare | FailMode::Reject, Some(_)) => {
+                return bad("local_limit is only used with fail_mode local_limit".to_owned())
+            }
+            _ => {}
+        }
+        if self.key_prefix.is_empty() || self.key_prefix.contains(['{', '}']) {
+            return bad(format!(
+                "key_prefix must be non-empty without braces, got {:?}",
+                self.key_prefix
+            ));
+        }
+        if self.restart_grace() > Duration::from_secs(3600) {
+            return bad("restart_grace_ms must be at most 3600000".to_owned());
+        }
+        Ok(())
+    }
+
+    /// Defaults around a Redis URL.
+    ///
+    /// ```
+    /// let c = wscap_global::GlobalConfig::new("redis://127.0.0.1:6379");
+    /// assert!(c.validate().is_ok());
+    /// ```
+    pub fn new(redis_url: &str) -> Self {
+        GlobalConfig {
+            redis_url: redis_url.to_owned(),
+            instance_id: None,
+            lease_ttl_ms: default_lease_ttl_ms(),
+            refresh_ms: default_refresh_ms(),
+            fail_mode: FailMode::default(),
+            local_limit: None,
+            headroom: default_headroom(),
+            restart_grace_ms: None,
+            key_prefix: default_prefix(),
+        }
+    }
+
+    /// The lease time to live.
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_millis(self.lease_ttl_ms)
+    }
+
+    /// The refresh interval.
+    pub fn refresh(&self) -> Duration {
+        Duration::from_millis(self.refresh_ms)
+    }
+
+    /// The restart grace.
+    pub fn restart_grace(&self) -> Duration {
+        Duration::from_millis(self.restart_grace_ms.unwrap_or(self.lease_ttl_ms))
+    }
+
+    /// The instance id, or a default made of the host name and process id.
+    pub fn instance_id(&self) -> String {
+        self.instance_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "host".to_owned());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+}

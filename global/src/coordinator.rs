@@ -1,0 +1,358 @@
+//! The coordinator: a thread of its own that keeps this instance's share of every pod in the
+//! ledger and holds local admissions to it through core's per-host caps. Envoy's worker threads
+//! never wait on Redis; they only see caps rise and fall.
+//!
+//! Order of operations, which is what keeps the fleet exact:
+//! - growing: the ledger grants first, then the local cap rises to the grant;
+//! - shrinking: the local cap falls first ([`wscap_core::Cluster::set_host_cap`] returns the live
+//!   count after it took effect), then the ledger is told the new share, never below live.
+//!
+//! So at every moment, on every instance, live ≤ local cap ≤ share held in the ledger, and the
+//! ledger's shares sum to at most the pod's limit.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use parking_lot::{Condvar, Mutex};
+use serde::Serialize;
+use wscap_core::{HostAddr, Registry};
+
+use crate::{FailMode, GlobalConfig, InstancePart, Ledger, LedgerError};
+
+/// A pod: cluster name and host address.
+type PodId = (String, String);
+
+#[derive(Debug, Clone, Default)]
+struct PodState {
+    /// The share the ledger last granted (what we believe Redis holds for us).
+    share: u32,
+    /// The local cap in force.
+    cap: u32,
+    /// Until when the share is surely still ours on the server: the instant the last successful
+    /// claim was sent, plus the lease ttl.
+    lease_until: Option<Instant>,
+    /// Another instance recently wanted more than it got here: keep no spare share.
+    in_demand: bool,
+    parts: Vec<InstancePart>,
+}
+
+/// What a borrow request learned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BorrowOutcome {
+    /// Some pod of the cluster got more room on this instance: admit again.
+    Granted,
+    /// The ledger had no room left on any pod.
+    Full,
+    /// Redis could not be reached; the fail mode decided.
+    Unavailable,
+}
+
+type BorrowCallback = Box<dyn FnOnce(BorrowOutcome) + Send>;
+
+struct Shared {
+    config: GlobalConfig,
+    registry: &'static Registry,
+    requests: Mutex<Vec<(String, BorrowCallback)>>,
+    wake: Condvar,
+    stop: AtomicBool,
+    view: Mutex<FleetView>,
+    borrows: AtomicU64,
+}
+
+/// The fleet as this instance last saw it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FleetView {
+    /// This instance's id.
+    pub instance: String,
+    /// Whether the last round reached Redis.
+    pub redis_ok: bool,
+    /// The last error, if the last round failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Redis commands sent so far.
+    pub redis_commands: u64,
+    /// Borrow rounds run on demand so far.
+    pub borrows: u64,
+    /// Per pod, sorted by cluster then address.
+    pub pods: Vec<FleetPod>,
+}
+
+/// One pod across the fleet.
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetPod {
+    /// Cluster name.
+    pub cluster: String,
+    /// `ip:port`.
+    pub address: String,
+    /// The pod's limit.
+    pub limit: u32,
+    /// Live connections summed over the live instances.
+    pub live: u32,
+    /// Shares summed over the live instances.
+    pub shares: u32,
+    /// This instance's share and local cap.
+    pub my_share: u32,
+    /// Each live instance's part.
+    pub instances: Vec<InstancePart>,
+}
+
+/// Runs global mode for one instance. Dropping it stops the thread (leases then expire on
+/// their own, as they do when the process dies).
+pub struct Coordinator {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("instance", &self.shared.view.lock().instance)
+            .finish()
+    }
+}
+
+impl Coordinator {
+    /// Caps every host of `registry` at 0 (nothing is admitted before the ledger grants a
+    /// share) and starts the coordinator thread.
+    pub fn start(config: GlobalConfig, registry: &'static Registry) -> Result<Self, LedgerError> {
+        config
+            .validate()
+            .map_err(|e| LedgerError::Redis(e.to_string()))?;
+        let ledger = Ledger::new(&config)?;
+        registry.set_default_cap(Some(0));
+        let shared = Arc::new(Shared {
+            view: Mutex::new(FleetView {
+                instance: ledger.instance().to_owned(),
+                ..FleetView::default()
+            }),
+            config,
+            registry,
+            requests: Mutex::new(Vec::new()),
+            wake: Condvar::new(),
+            stop: AtomicBool::new(false),
+            borrows: AtomicU64::new(0),
+        });
+        let thread = std::thread::Builder::new()
+            .name("wscap-global".to_owned())
+            .spawn({
+                let shared = Arc::clone(&shared);
+                move || run(&shared, ledger)
+            })
+            .map_err(|e| LedgerError::Redis(format!("cannot start the coordinator thread: {e}")))?;
+        Ok(Coordinator {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Asks for more room on `cluster`; `done` runs on the coordinator thread once the ledger
+    /// answered (one round trip when a pod has room). The caller then admits again.
+    pub fn request_borrow(&self, cluster: &str, done: impl FnOnce(BorrowOutcome) + Send + 'static) {
+        self.shared
+            .requests
+            .lock()
+            .push((cluster.to_owned(), Box::new(done)));
+        self.shared.wake.notify_one();
+    }
+
+    /// The fleet as last seen.
+    pub fn fleet_view(&self) -> FleetView {
+        self.shared.view.lock().clone()
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        {
+            let _requests = self.shared.requests.lock();
+            self.shared.wake.notify_all();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(shared: &Shared, mut ledger: Ledger) {
+    let mut pods: HashMap<PodId, PodState> = HashMap::new();
+    let mut next_refresh = Instant::now();
+    loop {
+        let requests = {
+            let mut requests = shared.requests.lock();
+            while requests.is_empty()
+                && !shared.stop.load(Ordering::Acquire)
+                && Instant::now() < next_refresh
+            {
+                shared.wake.wait_until(&mut requests, next_refresh);
+            }
+            std::mem::take(&mut *requests)
+        };
+        if shared.stop.load(Ordering::Acquire) {
+            for (_, done) in requests {
+                done(BorrowOutcome::Unavailable);
+            }
+            return;
+        }
+        if Instant::now() >= next_refresh {
+            next_refresh = Instant::now() + shared.config.refresh();
+            round(shared, &mut ledger, &mut pods, None);
+        }
+        for (cluster, done) in requests {
+            shared.borrows.fetch_add(1, Ordering::Relaxed);
+            done(round(shared, &mut ledger, &mut pods, Some(&cluster)));
+        }
+    }
+}
+
+/// One pass over the registry's pods (or, for a borrow, over one cluster's pods until one grants
+/// more room). Returns what a borrow learned.
+fn round(
+    shared: &Shared,
+    ledger: &mut Ledger,
+    pods: &mut HashMap<PodId, PodState>,
+    borrow: Option<&str>,
+) -> BorrowOutcome {
+    let config = &shared.config;
+    let snapshot = shared.registry.snapshot();
+    let mut seen: Vec<PodId> = Vec::new();
+    let mut failed: Option<LedgerError> = None;
+    let mut outcome = BorrowOutcome::Full;
+
+    // For a borrow, try the pods with the most unused room in the fleet first.
+    let mut work: Vec<(&str, &wscap_core::HostSnapshot)> = snapshot
+        .clusters
+        .iter()
+        .filter(|c| borrow.is_none_or(|b| b == c.name))
+        .flat_map(|c| c.hosts.iter().map(move |h| (c.name.as_str(), h)))
+        .collect();
+    if borrow.is_some() {
+        work.sort_by_key(|(c, h)| {
+            let id = ((*c).to_owned(), h.address.clone());
+            let fleet_live: u32 = pods
+                .get(&id)
+                .map_or(0, |p| p.parts.iter().map(|x| x.live).sum());
+            std::cmp::Reverse(h.limit.saturating_sub(fleet_live))
+        });
+    }
+
+    for (cluster_name, host) in work {
+        let id: PodId = (cluster_name.to_owned(), host.address.clone());
+        seen.push(id.clone());
+        let Some(cluster) = shared.registry.cluster(cluster_name) else {
+            continue;
+        };
+        let Ok(addr) = host.address.parse::<HostAddr>() else {
+            continue;
+        };
+        let pod = pods.entry(id.clone()).or_default();
+        let draining = host.state == wscap_core::HostState::Draining;
+        let live = host.active;
+        let extra = u32::from(borrow.is_some());
+        // Spare share lets most admissions skip the round trip; none while others want more.
+        let spare = if pod.in_demand { 0 } else { config.headroom };
+        let desired = if draining {
+            live
+        } else {
+            host.limit
+                .min(live.saturating_add(spare).saturating_add(extra))
+        };
+        if borrow.is_some() && (draining || desired <= pod.share) {
+            continue; // nothing to gain on this pod
+        }
+
+        // Shrink locally first; the ledger never hears of a share below what is live.
+        let mut want = desired;
+        if desired < pod.cap {
+            if let Some(after) = cluster.set_host_cap(&addr, Some(desired)) {
+                pod.cap = desired;
+                want = desired.max(after);
+            }
+        }
+
+        if failed.is_none() {
+            let sent = Instant::now();
+            match ledger.claim(cluster_name, &host.address, want, live, host.limit) {
+                Ok(claim) if claim.granted <= want.max(pod.share) => {
+                    pod.lease_until = Some(sent + config.lease_ttl());
+                    let grew = claim.granted > pod.cap;
+                    pod.share = claim.granted;
+                    pod.in_demand = claim.in_demand;
+                    pod.parts = claim.parts;
+                    if claim.granted != pod.cap {
+                        cluster.set_host_cap(&addr, Some(claim.granted));
+                        pod.cap = claim.granted;
+                    }
+                    if borrow.is_some() && grew {
+                        outcome = BorrowOutcome::Granted;
+                        break;
+                    }
+                    continue;
+                }
+                Ok(claim) => {
+                    failed = Some(LedgerError::BadReply(format!(
+                        "granted {} when {} was asked and {} held",
+                        claim.granted, want, pod.share
+                    )))
+                }
+                Err(e) => failed = Some(e),
+            }
+        }
+        // Redis unreachable (or out of protocol) this round: the fail mode decides the cap.
+        outcome = BorrowOutcome::Unavailable;
+        let cap = match config.fail_mode {
+            FailMode::KeepShare if pod.lease_until.is_some_and(|t| Instant::now() < t) => pod.share,
+            FailMode::KeepShare | FailMode::Reject => 0,
+            FailMode::LocalLimit => config.local_limit.unwrap_or(0).min(host.limit),
+        };
+        if cap != pod.cap {
+            cluster.set_host_cap(&addr, Some(cap));
+            pod.cap = cap;
+        }
+    }
+
+    if borrow.is_none() {
+        // Pods gone from the registry: hand their share back (best effort) and forget them.
+        let gone: Vec<PodId> = pods.keys().filter(|k| !seen.contains(k)).cloned().collect();
+        for id in gone {
+            if failed.is_none() {
+                let _ = ledger.claim(&id.0, &id.1, 0, 0, 0);
+            }
+            pods.remove(&id);
+        }
+    }
+
+    // Publish the fleet view.
+    let mut view = shared.view.lock();
+    view.redis_ok = failed.is_none();
+    view.last_error = failed.map(|e| e.to_string());
+    view.redis_commands = ledger.commands();
+    view.borrows = shared.borrows.load(Ordering::Relaxed);
+    if borrow.is_none() {
+        let mut out: Vec<FleetPod> = snapshot
+            .clusters
+            .iter()
+            .flat_map(|c| {
+                c.hosts.iter().map(|h| {
+                    let id = (c.name.clone(), h.address.clone());
+                    let p = pods.get(&id).cloned().unwrap_or_default();
+                    FleetPod {
+                        cluster: c.name.clone(),
+                        address: h.address.clone(),
+                        limit: h.limit,
+                        live: p.parts.iter().map(|x| x.live).sum(),
+                        shares: p.parts.iter().map(|x| x.share).sum(),
+                        my_share: p.share,
+                        instances: p.parts,
+                    }
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.cluster, &a.address).cmp(&(&b.cluster, &b.address)));
+        view.pods = out;
+    }
+    outcome
+}

@@ -1,0 +1,240 @@
+//! A real redis-server per test, on a free loopback port, killed by PID however the test ends.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wscap_core::{HostSpec, Registry};
+use wscap_global::{Coordinator, FailMode, GlobalConfig};
+
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+    dir: std::path::PathBuf,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("wscap-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut r = RedisServer {
+            port,
+            child: None,
+            dir,
+        };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/setup installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// kill -9, then wait for it: its data is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// A new, empty server on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// SIGSTOP: a partition, as the instances see it.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = Command::new("kill")
+                .args(["-CONT", &self.pid().to_string()])
+                .status();
+        }
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Restart grace in these tests: a pod new to Redis admits nothing beyond what instances
+/// reclaim for this long (cold starts too: a new Redis cannot tell them from restarts).
+pub const GRACE_MS: u64 = 300;
+
+pub const PODS: [&str; 3] = ["10.9.0.1:8080", "10.9.0.2:8080", "10.9.0.3:8080"];
+
+/// One proxy instance: its own registry (as one Envoy process has) and coordinator.
+pub struct Instance {
+    pub registry: &'static Registry,
+    pub coordinator: Option<Coordinator>,
+}
+
+pub fn config(url: &str, id: &str, fail_mode: FailMode) -> GlobalConfig {
+    let mut c = GlobalConfig::new(url);
+    c.instance_id = Some(id.to_owned());
+    c.lease_ttl_ms = 900;
+    c.refresh_ms = 100;
+    c.restart_grace_ms = Some(GRACE_MS);
+    c.fail_mode = fail_mode;
+    if fail_mode == FailMode::LocalLimit {
+        c.local_limit = Some(4);
+    }
+    c
+}
+
+impl Instance {
+    pub fn start(config: GlobalConfig, limit: u32) -> Self {
+        let registry: &'static Registry = Box::leak(Box::new(Registry::new()));
+        let coordinator = Coordinator::start(config, registry).unwrap();
+        registry.set_default_limit("pods", limit).unwrap();
+        let hosts: Vec<_> = PODS.iter().map(|p| HostSpec::parse(p).unwrap()).collect();
+        registry.set_hosts("pods", &hosts).unwrap();
+        Instance {
+            registry,
+            coordinator: Some(coordinator),
+        }
+    }
+
+    pub fn coordinator(&self) -> &Coordinator {
+        self.coordinator.as_ref().unwrap()
+    }
+
+    /// Admits one connection: locally if the share allows, else after one borrow round.
+    pub fn admit(&self) -> Option<wscap_core::Permit> {
+        if let Ok(p) = self.registry.acquire("pods") {
+            return Some(p);
+        }
+        loop {
+            let (tx, rx) = std::sync::mpsc::channel();
+            self.coordinator().request_borrow("pods", move |o| {
+                let _ = tx.send(o);
+            });
+            let outcome = rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("borrow answered");
+            if let Ok(p) = self.registry.acquire("pods") {
+                return Some(p);
+            }
+            if outcome != wscap_global::BorrowOutcome::Granted {
+                return None;
+            }
+        }
+    }
+}
+
+/// Connections held fleet-wide per pod, counted by the holders themselves (after admission,
+/// before release): what the pods would see.
+#[derive(Default)]
+pub struct FleetCount(pub [AtomicU32; 3]);
+
+impl FleetCount {
+    pub fn hold(self: &Arc<Self>, p: wscap_core::Permit) -> Held {
+        let i = PODS.iter().position(|a| *a == p.host().as_str()).unwrap();
+        self.0[i].fetch_add(1, Ordering::SeqCst);
+        Held {
+            permit: Some(p),
+            fleet: Arc::clone(self),
+            i,
+        }
+    }
+    pub fn max(&self) -> u32 {
+        self.0
+            .iter()
+            .map(|a| a.load(Ordering::SeqCst))
+            .max()
+            .unwrap()
+    }
+    pub fn total(&self) -> u32 {
+        self.0.iter().map(|a| a.load(Ordering::SeqCst)).sum()
+    }
+}
+
+pub struct Held {
+    permit: Option<wscap_core::Permit>,
+    fleet: Arc<FleetCount>,
+    i: usize,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.fleet.0[self.i].fetch_sub(1, Ordering::SeqCst);
+        drop(self.permit.take());
+    }
+}
+
+/// Polls `f` until it holds or `within` passes.
+pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
