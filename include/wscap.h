@@ -106,6 +106,16 @@ typedef uint32_t wscap_result;
 #endif // __cplusplus
 
 /**
+ * A resolved cluster: admission through it skips the lookup by name (the hot path of a proxy
+ * that admits on one cluster).
+ *
+ * Made by `wscap_cluster_get`, destroyed by `wscap_cluster_free`. Thread-safe like the registry.
+ * It follows the cluster's membership and limits as they change, and stays valid after the
+ * registry is freed.
+ */
+typedef struct wscap_cluster wscap_cluster;
+
+/**
  * One admitted connection: it holds a slot on one host until `wscap_permit_release`.
  *
  * Made by `wscap_acquire` / `wscap_acquire_host`. It may be read and released from any thread,
@@ -330,6 +340,42 @@ wscap_result wscap_acquire_host(const struct wscap_registry *registry,
                                 const char *cluster,
                                 const char *address,
                                 struct wscap_permit **out);
+
+/**
+ * Resolves `cluster` once, creating it if it is new (a new cluster's default limit is 0: set
+ * it with `wscap_set_default_limit`). On success `*out` is a handle for `wscap_cluster_acquire`,
+ * to be freed with `wscap_cluster_free`.
+ *
+ * Errors (`*out` not written): `INVALID_CLUSTER_NAME` (empty), `NULL_ARGUMENT`, `INVALID_UTF8`.
+ *
+ * Thread safety: any thread, concurrently with everything but `wscap_registry_free`.
+ *
+ * Safety: `registry` is a live registry; `cluster` is a NUL-terminated string; `out` is writable.
+ */
+wscap_result wscap_cluster_get(const struct wscap_registry *registry,
+                               const char *cluster,
+                               struct wscap_cluster **out);
+
+/**
+ * Frees a cluster handle (the cluster itself stays in its registry). NULL is a no-op.
+ *
+ * Thread safety: no other call may use `cluster` during or after this one.
+ *
+ * Safety: `cluster` is NULL or a live cluster handle, freed once.
+ */
+void wscap_cluster_free(struct wscap_cluster *cluster);
+
+/**
+ * `wscap_acquire` on a resolved cluster: the same least-loaded admission, without the lookup by
+ * name. Errors (`*out` not written): `NO_HOSTS`, `NO_CAPACITY`, `NULL_ARGUMENT`.
+ *
+ * Thread safety: any thread, concurrently with everything but `wscap_cluster_free` of this
+ * handle.
+ *
+ * Safety: `cluster` is a live cluster handle; `out` is writable.
+ */
+wscap_result wscap_cluster_acquire(const struct wscap_cluster *cluster,
+                                   struct wscap_permit **out);
 
 /**
  * Writes the permit's host, canonical `ip:port` (IPv6 as `[::1]:80`), into `buf`, by the text

@@ -32,6 +32,7 @@ static const char *const ADDRESSES[HOSTS] = {"127.0.0.1:9001", "127.0.0.1:9002",
 static const uint32_t LIMITS[HOSTS] = {2, 3, 4};
 
 static wscap_registry *registry;
+static wscap_cluster *pods; /* resolved once: admission through it skips the lookup by name */
 static long rounds = 3000;
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -102,6 +103,8 @@ static void *worker(void *arg) {
             wscap_result r;
             if (dice % 5 == 0) {
                 r = wscap_acquire_host(registry, CLUSTER, ADDRESSES[dice % HOSTS], &permit);
+            } else if (dice % 2 == 0) {
+                r = wscap_cluster_acquire(pods, &permit);
             } else {
                 r = wscap_acquire(registry, CLUSTER, &permit);
             }
@@ -199,6 +202,11 @@ int main(int argc, char **argv) {
         return fail("wscap_set_hosts", r);
     }
 
+    r = wscap_cluster_get(registry, CLUSTER, &pods);
+    if (r != WSCAP_RESULT_OK) {
+        return fail("wscap_cluster_get", r);
+    }
+
     pthread_t threads[THREADS];
     for (uintptr_t t = 0; t < THREADS; t++) {
         if (pthread_create(&threads[t], NULL, worker, (void *)t) != 0) {
@@ -236,6 +244,7 @@ int main(int argc, char **argv) {
     }
     leaked = NULL;
 #endif
+    wscap_cluster_free(pods);
     wscap_registry_free(registry);
     printf("%s\n", ok ? "OK" : "FAILED");
     return ok ? 0 : 1;

@@ -20,7 +20,7 @@
 
 use std::ffi::c_char;
 
-use wscap_core::{HostAddr, HostSpec, Permit, Registry};
+use wscap_core::{Cluster, HostAddr, HostSpec, Permit, Registry};
 
 mod cast;
 mod config;
@@ -49,6 +49,22 @@ impl Castable for wscap_registry {
     type RustType = Registry;
 }
 impl BoxCastable for wscap_registry {}
+
+/// A resolved cluster: admission through it skips the lookup by name (the hot path of a proxy
+/// that admits on one cluster).
+///
+/// Made by `wscap_cluster_get`, destroyed by `wscap_cluster_free`. Thread-safe like the registry.
+/// It follows the cluster's membership and limits as they change, and stays valid after the
+/// registry is freed.
+#[allow(non_camel_case_types)]
+pub struct wscap_cluster {
+    _private: [u8; 0],
+}
+
+impl Castable for wscap_cluster {
+    type RustType = Cluster;
+}
+impl BoxCastable for wscap_cluster {}
 
 /// One admitted connection: it holds a slot on one host until `wscap_permit_release`.
 ///
@@ -359,6 +375,65 @@ pub extern "C" fn wscap_acquire_host(
         let out = cast::try_out(out)?;
         let addr: HostAddr = address.parse()?;
         let permit = registry.acquire_host(cluster, &addr)?;
+        out.write(cast::to_boxed_ptr::<wscap_permit>(permit));
+        Ok(())
+    })
+}
+
+/// Resolves `cluster` once, creating it if it is new (a new cluster's default limit is 0: set
+/// it with `wscap_set_default_limit`). On success `*out` is a handle for `wscap_cluster_acquire`,
+/// to be freed with `wscap_cluster_free`.
+///
+/// Errors (`*out` not written): `INVALID_CLUSTER_NAME` (empty), `NULL_ARGUMENT`, `INVALID_UTF8`.
+///
+/// Thread safety: any thread, concurrently with everything but `wscap_registry_free`.
+///
+/// Safety: `registry` is a live registry; `cluster` is a NUL-terminated string; `out` is writable.
+#[no_mangle]
+pub extern "C" fn wscap_cluster_get(
+    registry: *const wscap_registry,
+    cluster: *const c_char,
+    out: *mut *mut wscap_cluster,
+) -> wscap_result {
+    gate!({
+        let registry = cast::try_ref(registry)?;
+        let cluster = cast::try_str(cluster)?;
+        let out = cast::try_out(out)?;
+        let handle = registry.cluster_or_create(cluster)?;
+        out.write(cast::to_boxed_ptr::<wscap_cluster>(handle));
+        Ok(())
+    })
+}
+
+/// Frees a cluster handle (the cluster itself stays in its registry). NULL is a no-op.
+///
+/// Thread safety: no other call may use `cluster` during or after this one.
+///
+/// Safety: `cluster` is NULL or a live cluster handle, freed once.
+#[no_mangle]
+pub extern "C" fn wscap_cluster_free(cluster: *mut wscap_cluster) {
+    gate!({
+        cast::free_boxed(cluster);
+        Ok(())
+    })
+}
+
+/// `wscap_acquire` on a resolved cluster: the same least-loaded admission, without the lookup by
+/// name. Errors (`*out` not written): `NO_HOSTS`, `NO_CAPACITY`, `NULL_ARGUMENT`.
+///
+/// Thread safety: any thread, concurrently with everything but `wscap_cluster_free` of this
+/// handle.
+///
+/// Safety: `cluster` is a live cluster handle; `out` is writable.
+#[no_mangle]
+pub extern "C" fn wscap_cluster_acquire(
+    cluster: *const wscap_cluster,
+    out: *mut *mut wscap_permit,
+) -> wscap_result {
+    gate!({
+        let cluster = cast::try_ref(cluster)?;
+        let out = cast::try_out(out)?;
+        let permit = cluster.acquire()?;
         out.write(cast::to_boxed_ptr::<wscap_permit>(permit));
         Ok(())
     })

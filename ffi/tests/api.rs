@@ -669,5 +669,65 @@ fn every_entry_point_is_gated_and_unsafe_is_confined() {
             );
         }
     }
-    assert_eq!(entry_points, 15);
+    assert_eq!(entry_points, 18);
+}
+
+#[test]
+fn cluster_handles_admit_without_the_lookup() {
+    let reg = new_registry(None);
+    let mut c = sentinel();
+    assert_eq!(
+        wscap_cluster_get(reg, cs("").as_ptr(), &mut c),
+        R::InvalidClusterName
+    );
+    assert_eq!(wscap_cluster_get(reg, null(), &mut c), R::NullArgument);
+    assert_eq!(
+        wscap_cluster_get(null(), cs("pods").as_ptr(), &mut c),
+        R::NullArgument
+    );
+    let bad = CString::new(&b"\xff"[..]).unwrap();
+    assert_eq!(wscap_cluster_get(reg, bad.as_ptr(), &mut c), R::InvalidUtf8);
+    assert_eq!(
+        wscap_cluster_get(reg, cs("pods").as_ptr(), null_mut()),
+        R::NullArgument
+    );
+    assert_eq!(c, sentinel());
+    assert_eq!(wscap_cluster_get(reg, cs("pods").as_ptr(), &mut c), R::Ok);
+
+    let mut p = sentinel();
+    assert_eq!(
+        wscap_cluster_acquire(c, &mut p),
+        R::NoHosts,
+        "a new cluster has no hosts"
+    );
+    assert_eq!(p, sentinel());
+    // The handle follows membership and limits set later through the registry.
+    let pods = cs("pods");
+    assert_eq!(wscap_set_default_limit(reg, pods.as_ptr(), 1), R::Ok);
+    let a = cs("10.0.0.1:80");
+    let hosts = [wscap_host {
+        address: a.as_ptr(),
+        max_connections: 0,
+        has_max_connections: 0,
+    }];
+    assert_eq!(
+        wscap_set_hosts(reg, pods.as_ptr(), hosts.as_ptr(), 1, null_mut()),
+        R::Ok
+    );
+    assert_eq!(wscap_cluster_acquire(c, &mut p), R::Ok);
+    assert_eq!(host_of(p), "10.0.0.1:80");
+    let mut q = sentinel();
+    assert_eq!(wscap_cluster_acquire(c, &mut q), R::NoCapacity);
+    assert_eq!(wscap_cluster_acquire(null(), &mut q), R::NullArgument);
+    assert_eq!(wscap_cluster_acquire(c, null_mut()), R::NullArgument);
+    assert_eq!(q, sentinel());
+    assert!(json(reg).contains(r#""active":1"#));
+
+    // Handles and permits outlive the registry.
+    wscap_registry_free(reg);
+    wscap_permit_release(p);
+    assert_eq!(wscap_cluster_acquire(c, &mut p), R::Ok);
+    wscap_permit_release(p);
+    wscap_cluster_free(c);
+    wscap_cluster_free(null_mut());
 }

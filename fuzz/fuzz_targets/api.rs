@@ -158,6 +158,15 @@ enum Op {
         code: u32,
     },
     Check,
+    ClusterGet {
+        cluster: Text,
+    },
+    ClusterAcquire {
+        index: u8,
+    },
+    ClusterFree {
+        index: u8,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -325,6 +334,7 @@ fn run(input: Input) {
         other => panic!("wscap_registry_new: {other:?}"),
     }
     let mut held: Vec<Held> = Vec::new();
+    let mut handles: Vec<*mut wscap_cluster> = Vec::new();
     for op in input.ops.into_iter().take(256) {
         match op {
             Op::SetDefaultLimit { cluster, limit } => {
@@ -495,6 +505,40 @@ fn run(input: Input) {
                 assert!(s.to_str().unwrap().contains(": "));
             }
             Op::Check => check_counts(reg, &held, None),
+            Op::ClusterGet { cluster } => {
+                let c = cluster.c_string(&NAMES);
+                let mut out: *mut wscap_cluster = sentinel();
+                let r = wscap_cluster_get(reg, ptr(&c), &mut out);
+                trace("cluster_get", r);
+                assert!(
+                    matches!(
+                        r,
+                        R::Ok | R::NullArgument | R::InvalidUtf8 | R::InvalidClusterName
+                    ),
+                    "{r:?}"
+                );
+                if r == R::Ok {
+                    handles.push(out);
+                } else {
+                    assert_eq!(out, sentinel(), "out written on {r:?}");
+                }
+            }
+            Op::ClusterAcquire { index } => {
+                if let Some(&c) = handles.get(index as usize % handles.len().max(1)) {
+                    let mut out: *mut wscap_permit = sentinel();
+                    let r = wscap_cluster_acquire(c, &mut out);
+                    trace("cluster_acquire", r);
+                    assert!(matches!(r, R::Ok | R::NoHosts | R::NoCapacity), "{r:?}");
+                    admitted(r, out, &mut held, reg);
+                }
+            }
+            Op::ClusterFree { index } => {
+                if handles.is_empty() {
+                    wscap_cluster_free(null_mut());
+                } else {
+                    wscap_cluster_free(handles.swap_remove(index as usize % handles.len()));
+                }
+            }
         }
     }
     // Half the permits outlive the registry.
@@ -505,6 +549,14 @@ fn run(input: Input) {
     check_counts(reg, &held, None);
     let json = full_text(|b, l, n| wscap_export_json(reg, b, l, n));
     wscap_registry_free(reg);
+    // Cluster handles outlive the registry too.
+    for c in handles.drain(..) {
+        let mut out: *mut wscap_permit = sentinel();
+        if wscap_cluster_acquire(c, &mut out) == R::Ok {
+            wscap_permit_release(out);
+        }
+        wscap_cluster_free(c);
+    }
     for h in held.drain(..) {
         assert!(!permit_text(h.permit, false).is_empty());
         wscap_permit_release(h.permit);
