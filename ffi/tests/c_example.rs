@@ -225,3 +225,20 @@ fn readme_example_links_shared_and_runs() {
     let stdout = check(Command::new(&exe).env("LD_LIBRARY_PATH", &lib_dir));
     assert!(stdout.starts_with("connect to 10.0.0."), "{stdout}");
 }
+
+/// examples/c/bench.c stays buildable (run briefly here; its figures come from a release build).
+#[test]
+fn bench_example_builds_and_runs() {
+    let exe = out_dir().join("bench");
+    check(
+        Command::new("gcc")
+            .args(["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-I"])
+            .arg(repo().join("include"))
+            .arg(repo().join("examples/c/bench.c"))
+            .arg(static_lib())
+            .args(["-lpthread", "-ldl", "-lm", "-o"])
+            .arg(&exe),
+    );
+    let stdout = check(Command::new(&exe).arg("1000"));
+    assert_eq!(stdout.matches("acquire+release: by name ").count(), 3, "{stdout}");
+}
