@@ -240,5 +240,9 @@ fn bench_example_builds_and_runs() {
             .arg(&exe),
     );
     let stdout = check(Command::new(&exe).arg("1000"));
-    assert_eq!(stdout.matches("acquire+release: by name ").count(), 3, "{stdout}");
+    assert_eq!(
+        stdout.matches("acquire+release: by name ").count(),
+        3,
+        "{stdout}"
+    );
 }
