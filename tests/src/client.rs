@@ -145,14 +145,17 @@ impl WsClient {
         }
     }
 
-    /// Close with a client close frame and wait (up to 10 s) for the close handshake to end.
+    /// Close with a client close frame, wait (up to 10 s) for the peer's close frame, then close
+    /// the TCP connection. (Waiting for the server to close TCP first, as RFC 6455 prefers, would
+    /// wait out Envoy's `delayed_close_timeout`, 1 s by default, on every close.)
     pub async fn close(mut self) {
         let mut ws = self.ws.take().expect("websocket");
         let _ = ws.close(None).await;
         let _ = tokio::time::timeout(Duration::from_secs(10), async {
             while let Some(m) = ws.next().await {
-                if m.is_err() {
-                    break;
+                match m {
+                    Ok(Message::Close(_)) | Err(_) => break,
+                    Ok(_) => {}
                 }
             }
         })

@@ -73,7 +73,11 @@ async fn handshake_latency() {
     t_with.sort();
     t_without.sort();
     let us = |d: Duration| d.as_secs_f64() * 1e6;
-    println!("handshake latency through Envoy 1.40 (--concurrency {concurrency}), {n} handshakes each, debug/release as built:");
+    println!(
+        "handshake latency through Envoy 1.40 (--concurrency {concurrency}), {n} handshakes each, module {}/libwscap.so, test built {}:",
+        wscap_e2e::module_dir().display(),
+        if cfg!(debug_assertions) { "debug" } else { "release" }
+    );
     println!("  {:<16} {:>10} {:>10}", "", "median µs", "p99 µs");
     println!(
         "  {:<16} {:>10.1} {:>10.1}",
