@@ -132,3 +132,40 @@ async fn lds_bad_filter_config_is_rejected_and_envoy_keeps_serving() {
     wscap_e2e::rig::assert_wscap_refusal(&r, "no_capacity");
     envoy.assert_running();
 }
+
+/// A filter whose cluster has no `wscap` LB policy: the module never learns the cluster's hosts.
+/// Envoy accepts the config; every WebSocket is refused with `no_hosts` (fail closed) and never
+/// reaches the pod, while plain HTTP still passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_without_lb_policy_fails_closed() {
+    let pod = Backend::start("pod-0").await;
+    let l = ListenerSpec::new(
+        LISTENER,
+        CLUSTER,
+        vec![config::wscap_filter(&config::filter_config(CLUSTER, 2, 7))],
+    );
+    let boot = config::bootstrap(
+        std::slice::from_ref(&l),
+        vec![config::static_cluster(
+            CLUSTER,
+            &[Endpoint::new(pod.addr)],
+            false,
+        )],
+        true,
+    );
+    let mut envoy = Envoy::start(&boot, &Opts::with_module(wscap_e2e::concurrency())).await;
+    let port = envoy.listener_port(LISTENER).await;
+    for i in 0..3 {
+        let r = wscap_e2e::client::connect(port, "/ws")
+            .await
+            .expect_refused(&format!("attempt {i}"));
+        wscap_e2e::rig::assert_wscap_refusal(&r, "no_hosts");
+    }
+    assert_eq!(pod.accepted(), 0, "no WebSocket reached the pod");
+    let r = wscap_e2e::http::get(format!("127.0.0.1:{port}").parse().unwrap(), "/plain")
+        .await
+        .expect("plain GET");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), wscap_e2e::backend::plain_body("pod-0"));
+    envoy.assert_running();
+}

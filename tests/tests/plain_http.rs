@@ -51,3 +51,40 @@ async fn plain_http_passes_untouched() {
     );
     rig.envoy.assert_running();
 }
+
+/// A browser-style upgrade (`Connection: keep-alive, Upgrade`, `Upgrade: WebSocket`) is a
+/// WebSocket to the module: counted while open, released when the client drops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_style_upgrade_headers_are_counted() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rig = Rig::start(&RigSpec::new(wscap_e2e::concurrency(), 1, 1)).await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", rig.port))
+        .await
+        .unwrap();
+    let req = format!(
+        "GET /chat HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: keep-alive, Upgrade\r\nUpgrade: WebSocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        rig.port
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("response in time")
+            .unwrap();
+        assert!(n > 0, "connection closed before a response");
+        head.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    assert!(head.starts_with("HTTP/1.1 101"), "response: {head}");
+    rig.expect_active("browser-style upgrade open", &[1]).await;
+    assert_wscap_refusal(
+        &rig.connect().await.expect_refused("limit 1 taken"),
+        "no_capacity",
+    );
+    drop(s);
+    rig.expect_active("browser-style upgrade dropped", &[0])
+        .await;
+}
