@@ -24,7 +24,10 @@ use std::ptr;
 use std::sync::Arc;
 
 use crate::bootstrap::{self, Bootstrap, GaugeSink, Gauges};
-use crate::filter::{Filter, FilterConfig, FilterMetrics, HeaderKind, HeadersStatus, MetricId};
+use crate::filter::{
+    Filter, FilterConfig, FilterMetrics, HeaderKind, HeadersStatus, MetricId, Resume,
+};
+use crate::global::GlobalBorrower;
 use crate::lb::{ClusterView, Lb, RequestView};
 use crate::{config, Level, REGISTRY};
 
@@ -89,6 +92,8 @@ const METRICS_SUCCESS: i32 = 0;
 /// HTTP header hook results.
 const HEADERS_CONTINUE: i32 = 0;
 const HEADERS_STOP_ITERATION: i32 = 1;
+/// `StopAllIterationAndWatermark`: nothing (headers nor body) goes on until `continue_decoding`.
+const HEADERS_STOP_ALL_ITERATION_AND_WATERMARK: i32 = 4;
 /// Body and trailer hook results.
 const BODY_CONTINUE: i32 = 0;
 const TRAILERS_CONTINUE: i32 = 0;
@@ -127,6 +132,21 @@ extern "C" {
         body: ModuleBuffer,
         details: ModuleBuffer,
     );
+    // Global mode: resume a paused stream on its own worker. Signatures proved on 1.40.0 by
+    // `tests/global.rs` of wscap-e2e (a paused stream resumes, is steered and upgraded):
+    // `scheduler_new(filter_envoy) -> scheduler`, `scheduler_commit(scheduler, u64 event_id)`
+    // (thread-safe: posts to the stream's dispatcher, holding only a weak reference to the
+    // filter, so a commit for a finished stream is dropped by Envoy), `scheduler_delete(scheduler)`,
+    // `continue_decoding(filter_envoy)`.
+    fn envoy_dynamic_module_callback_http_filter_scheduler_new(
+        filter_envoy: *mut c_void,
+    ) -> *mut c_void;
+    fn envoy_dynamic_module_callback_http_filter_scheduler_commit(
+        scheduler: *mut c_void,
+        event_id: u64,
+    );
+    fn envoy_dynamic_module_callback_http_filter_scheduler_delete(scheduler: *mut c_void);
+    fn envoy_dynamic_module_callback_http_filter_continue_decoding(filter_envoy: *mut c_void);
     fn envoy_dynamic_module_callback_http_filter_config_define_counter(
         config_envoy: *mut c_void,
         name: ModuleBuffer,
@@ -380,6 +400,45 @@ impl crate::filter::Stream for EnvoyStream {
                 &format!("wscap: increment_counter({}) = {rc}", id.0),
             );
         }
+    }
+
+    fn new_resume(&mut self) -> Option<Box<dyn Resume>> {
+        // SAFETY: live filter handle inside a hook on the stream's worker (Envoy reads the
+        // stream's dispatcher from it); the returned scheduler is owned by the module until
+        // `scheduler_delete`.
+        let ptr = unsafe { envoy_dynamic_module_callback_http_filter_scheduler_new(self.0) };
+        (!ptr.is_null()).then(|| Box::new(EnvoyScheduler(ptr)) as Box<dyn Resume>)
+    }
+
+    fn continue_decoding(&mut self) {
+        // SAFETY: live filter handle, called from `on_scheduled` on the stream's worker while
+        // the stream is paused by `request_headers`.
+        unsafe { envoy_dynamic_module_callback_http_filter_continue_decoding(self.0) }
+    }
+}
+
+/// Envoy's per-stream scheduler, owned by the module: created in a hook, committed from the
+/// coordinator thread, deleted exactly once by `Drop`.
+struct EnvoyScheduler(*mut c_void);
+
+// SAFETY: Envoy's scheduler object may be committed from any thread (it posts to the worker's
+// dispatcher) and deleted from any thread; the module never uses it after `Drop` (the filter
+// keeps it in a `ResumeSlot` and both commit and delete run under that slot's mutex).
+unsafe impl Send for EnvoyScheduler {}
+
+impl Resume for EnvoyScheduler {
+    fn commit(&self, event_id: u64) {
+        // SAFETY: `self.0` is a live scheduler (not yet deleted: deletion is `Drop`, which cannot
+        // run while `&self` is borrowed). Envoy holds a weak reference to the filter, so a commit
+        // for a stream that already ended is ignored by Envoy.
+        unsafe { envoy_dynamic_module_callback_http_filter_scheduler_commit(self.0, event_id) }
+    }
+}
+
+impl Drop for EnvoyScheduler {
+    fn drop(&mut self) {
+        // SAFETY: created by `scheduler_new`, deleted once (here), never used afterwards.
+        unsafe { envoy_dynamic_module_callback_http_filter_scheduler_delete(self.0) }
     }
 }
 
@@ -681,6 +740,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             };
             match FilterConfig::new(&REGISTRY, &settings, metrics) {
                 Ok(cfg) => {
+                    let cfg = cfg.with_borrower(Arc::new(GlobalBorrower));
                     log(
                         Level::Info,
                         &format!(
@@ -765,6 +825,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
         {
             HeadersStatus::Continue => HEADERS_CONTINUE,
             HeadersStatus::StopIteration => HEADERS_STOP_ITERATION,
+            HeadersStatus::Pause => HEADERS_STOP_ALL_ITERATION_AND_WATERMARK,
         },
         || {
             // Fail closed: give back anything held, refuse the stream.
@@ -940,13 +1001,32 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
 ) {
 }
 
-/// Unused (wscap schedules nothing).
+/// Global mode: a borrow round for this paused stream ended (event id = outcome); acquire again,
+/// then continue or refuse. Runs on the stream's worker.
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
-    _filter_envoy: *mut c_void,
-    _filter: *const c_void,
-    _event_id: u64,
+    filter_envoy: *mut c_void,
+    filter: *const c_void,
+    event_id: u64,
 ) {
+    // SAFETY: hook contract (see `filter_mut`); Envoy calls it only while the stream lives.
+    let Some(f) = (unsafe { filter_mut(filter) }) else {
+        return;
+    };
+    let f = std::cell::RefCell::new(f);
+    guard(
+        "http_filter_scheduled",
+        || {
+            f.borrow_mut()
+                .on_scheduled(&mut EnvoyStream(filter_envoy), event_id)
+        },
+        || {
+            // Fail closed: give back anything held, refuse the paused stream.
+            let mut f = f.borrow_mut();
+            f.release();
+            f.refuse(&mut EnvoyStream(filter_envoy), "internal_error");
+        },
+    )
 }
 
 /// Unused.
@@ -1130,6 +1210,11 @@ pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_config_new(
                 Ok(s) => s,
                 Err(e) => return refuse_config("bootstrap extension", &name, &e),
             };
+            if let Some(global) = &settings.global {
+                if let Err(e) = crate::global::start(global) {
+                    return refuse_config("bootstrap extension", &name, &e);
+                }
+            }
             let gauge =
                 envoy_dynamic_module_callback_bootstrap_extension_config_define_gauge as DefineFn;
             let gauges = Gauges {
@@ -1152,7 +1237,7 @@ pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_config_new(
                     config_envoy,
                     ModuleBuffer::of(bootstrap::ADMIN_PATH),
                     ModuleBuffer::of(
-                        "wscap: live WebSocket counts per host (JSON; ?format=prometheus)",
+                        "wscap: live WebSocket counts per host (JSON; ?format=prometheus; ?scope=global)",
                     ),
                     false,
                     false,
@@ -1266,7 +1351,14 @@ pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_admin_request(
 ) -> u32 {
     let (status, body) = guard(
         "bootstrap_extension_admin_request",
-        || bootstrap::admin(&text(method), &text(path), || REGISTRY.snapshot()),
+        || {
+            bootstrap::admin(
+                &text(method),
+                &text(path),
+                || REGISTRY.snapshot(),
+                || crate::global::coordinator().map(|c| c.fleet_view()),
+            )
+        },
         || (500, "{\"error\":\"internal error\"}\n".to_owned()),
     );
     // SAFETY: live config handle (main thread); Envoy copies the body.
@@ -1579,6 +1671,22 @@ mod stubs {
     ) -> bool {
         false
     }
+    #[no_mangle]
+    extern "C" fn envoy_dynamic_module_callback_http_filter_scheduler_new(
+        _: *mut c_void,
+    ) -> *mut c_void {
+        std::ptr::null_mut()
+    }
+    #[no_mangle]
+    extern "C" fn envoy_dynamic_module_callback_http_filter_scheduler_commit(
+        _: *mut c_void,
+        _: u64,
+    ) {
+    }
+    #[no_mangle]
+    extern "C" fn envoy_dynamic_module_callback_http_filter_scheduler_delete(_: *mut c_void) {}
+    #[no_mangle]
+    extern "C" fn envoy_dynamic_module_callback_http_filter_continue_decoding(_: *mut c_void) {}
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use wscap_core::Snapshot;
+use wscap_global::FleetView;
 
 use crate::config::BootstrapSettings;
 use crate::filter::MetricId;
@@ -96,9 +97,18 @@ impl Bootstrap {
     }
 }
 
-/// Answers an admin request: `(status, body)`. `GET /wscap` gives the JSON snapshot;
-/// `?format=prometheus` the text exposition.
-pub fn admin(method: &str, path: &str, snapshot: impl FnOnce() -> Snapshot) -> (u32, String) {
+/// Answers an admin request: `(status, body)`. `GET /wscap` gives this instance's JSON
+/// snapshot; `?format=prometheus` the text exposition; `?scope=global` the fleet view of global
+/// mode (`{"mode":"global", "instance", "redis_ok", "redis_commands", "borrows", "pods":[{"cluster",
+/// "address","limit","live","shares","my_share","instances":[...]}]}`, JSON only). In local mode
+/// `?scope=global` answers `404` with `{"mode":"local","error":...}`. `fleet` gives the fleet
+/// view, `None` in local mode.
+pub fn admin(
+    method: &str,
+    path: &str,
+    snapshot: impl FnOnce() -> Snapshot,
+    fleet: impl FnOnce() -> Option<FleetView>,
+) -> (u32, String) {
     if !method.eq_ignore_ascii_case("GET") {
         return (
             405,
@@ -110,9 +120,18 @@ pub fn admin(method: &str, path: &str, snapshot: impl FnOnce() -> Snapshot) -> (
         return (404, "{\"error\":\"not found\"}\n".to_owned());
     }
     let mut format = "json";
+    let mut global = false;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
             Some(("format", f)) => format = f,
+            Some(("scope", "global")) => global = true,
+            Some(("scope", "local")) => global = false,
+            Some(("scope", other)) => {
+                return (
+                    400,
+                    format!("{{\"error\":\"unknown scope {other:?}: use local or global\"}}\n"),
+                )
+            }
             _ => {
                 return (
                     400,
@@ -120,6 +139,28 @@ pub fn admin(method: &str, path: &str, snapshot: impl FnOnce() -> Snapshot) -> (
                 )
             }
         }
+    }
+    if global {
+        if format != "json" {
+            return (
+                400,
+                "{\"error\":\"scope=global is served as JSON only\"}\n".to_owned(),
+            );
+        }
+        return match fleet() {
+            Some(view) => {
+                let mut doc = serde_json::to_value(&view).unwrap_or_default();
+                if let Some(o) = doc.as_object_mut() {
+                    o.insert("mode".to_owned(), "global".into());
+                }
+                (200, format!("{doc}\n"))
+            }
+            None => (
+                404,
+                "{\"mode\":\"local\",\"error\":\"global mode is off: the bootstrap extension config has no redis_url\"}\n"
+                    .to_owned(),
+            ),
+        };
     }
     match format {
         "json" => (200, snapshot().to_json()),
@@ -203,15 +244,46 @@ mod tests {
     fn admin_routes() {
         let reg = Registry::new();
         reg.set_default_limit("pods", 2).unwrap();
-        let (s, body) = admin("GET", "/wscap", || reg.snapshot());
+        let local = |m: &str, p: &str| admin(m, p, || reg.snapshot(), || None);
+        let (s, body) = local("GET", "/wscap");
         assert_eq!(s, 200);
         assert!(body.starts_with("{\"clusters\":[{\"name\":\"pods\""));
-        let (s, body) = admin("GET", "/wscap?format=prometheus", || reg.snapshot());
+        let (s, body) = local("GET", "/wscap?format=prometheus");
         assert_eq!(s, 200);
         assert!(body.contains("# TYPE wscap_active_connections gauge"));
-        assert_eq!(admin("GET", "/wscap?format=xml", || reg.snapshot()).0, 400);
-        assert_eq!(admin("GET", "/wscap?x=1", || reg.snapshot()).0, 400);
-        assert_eq!(admin("POST", "/wscap", || reg.snapshot()).0, 405);
-        assert_eq!(admin("GET", "/wscapx", || reg.snapshot()).0, 404);
+        assert_eq!(local("GET", "/wscap?format=xml").0, 400);
+        assert_eq!(local("GET", "/wscap?x=1").0, 400);
+        assert_eq!(local("POST", "/wscap").0, 405);
+        assert_eq!(local("GET", "/wscapx").0, 404);
+        assert_eq!(local("GET", "/wscap?scope=local").0, 200);
+        assert_eq!(local("GET", "/wscap?scope=nope").0, 400);
+        let (s, body) = local("GET", "/wscap?scope=global");
+        assert_eq!(s, 404);
+        let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(doc["mode"], "local");
+        let view = FleetView {
+            instance: "i1".into(),
+            redis_ok: true,
+            ..FleetView::default()
+        };
+        let (s, body) = admin(
+            "GET",
+            "/wscap?scope=global",
+            || reg.snapshot(),
+            || Some(view.clone()),
+        );
+        assert_eq!(s, 200);
+        let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(doc["mode"], "global");
+        assert_eq!(doc["instance"], "i1");
+        assert_eq!(doc["redis_ok"], true);
+        assert!(doc["pods"].is_array());
+        let global_prom = admin(
+            "GET",
+            "/wscap?scope=global&format=prometheus",
+            || reg.snapshot(),
+            || Some(view.clone()),
+        );
+        assert_eq!(global_prom.0, 400);
     }
 }

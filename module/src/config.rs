@@ -5,6 +5,7 @@
 
 use serde::Deserialize;
 use wscap_core::MAX_LIMIT;
+use wscap_global::GlobalConfig;
 
 /// `retry-after` when the filter config does not say.
 pub const DEFAULT_RETRY_AFTER_SECONDS: u32 = 5;
@@ -37,26 +38,39 @@ struct RawFilter {
 #[serde(deny_unknown_fields)]
 pub struct LbSettings {}
 
-/// The bootstrap extension's config. Every field is optional: `{}` (or an empty value) works.
+/// The bootstrap extension's config. Every field is optional: `{}` (or an empty value) works
+/// (local mode). With `redis_url` the module runs global mode; the other global-mode fields
+/// (`instance_id`, `lease_ttl_ms`, `refresh_ms`, `fail_mode`, `local_limit`, `headroom`,
+/// `restart_grace_ms`, `key_prefix`) are those of [`GlobalConfig`] and need `redis_url`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootstrapSettings {
     /// Period of the gauge refresh timer, in milliseconds (10..=60000).
     pub stats_interval_ms: u64,
+    /// Global mode's settings, validated; `None` in local mode.
+    pub global: Option<GlobalConfig>,
 }
 
 impl Default for BootstrapSettings {
     fn default() -> Self {
         BootstrapSettings {
             stats_interval_ms: DEFAULT_STATS_INTERVAL_MS,
+            global: None,
         }
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawBootstrap {
-    stats_interval_ms: Option<i64>,
-}
+/// The fields of [`GlobalConfig`], which the bootstrap config carries beside its own.
+const GLOBAL_FIELDS: &[&str] = &[
+    "redis_url",
+    "instance_id",
+    "lease_ttl_ms",
+    "refresh_ms",
+    "fail_mode",
+    "local_limit",
+    "headroom",
+    "restart_grace_ms",
+    "key_prefix",
+];
 
 fn utf8(bytes: &[u8]) -> Result<&str, String> {
     std::str::from_utf8(bytes).map_err(|e| format!("config is not UTF-8: {e}"))
@@ -129,30 +143,78 @@ pub fn parse_lb(bytes: &[u8]) -> Result<LbSettings, String> {
     serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))
 }
 
-/// Parses the bootstrap extension config (`{}` or empty; optional `stats_interval_ms`).
+/// Parses the bootstrap extension config (`{}` or empty; optional `stats_interval_ms`; global
+/// mode with `redis_url` and the other [`GlobalConfig`] fields, validated with
+/// [`GlobalConfig::validate`]).
 ///
 /// ```
-/// assert_eq!(wscap::config::parse_bootstrap(b"{}").unwrap().stats_interval_ms, 250);
-/// assert_eq!(wscap::config::parse_bootstrap(br#"{"stats_interval_ms":1000}"#).unwrap().stats_interval_ms, 1000);
-/// assert!(wscap::config::parse_bootstrap(br#"{"stats_interval_ms":0}"#).is_err());
+/// use wscap::config::parse_bootstrap;
+/// assert_eq!(parse_bootstrap(b"{}").unwrap().stats_interval_ms, 250);
+/// assert!(parse_bootstrap(b"{}").unwrap().global.is_none());
+/// assert_eq!(parse_bootstrap(br#"{"stats_interval_ms":1000}"#).unwrap().stats_interval_ms, 1000);
+/// assert!(parse_bootstrap(br#"{"stats_interval_ms":0}"#).is_err());
+/// let g = parse_bootstrap(br#"{"redis_url":"redis://127.0.0.1:6379","lease_ttl_ms":1500,"refresh_ms":200}"#)
+///     .unwrap().global.unwrap();
+/// assert_eq!((g.lease_ttl_ms, g.refresh_ms), (1500, 200));
+/// assert!(parse_bootstrap(br#"{"lease_ttl_ms":1500}"#).unwrap_err().contains("redis_url"));
 /// ```
 pub fn parse_bootstrap(bytes: &[u8]) -> Result<BootstrapSettings, String> {
     let text = utf8(bytes)?;
     if text.trim().is_empty() {
         return Ok(BootstrapSettings::default());
     }
-    let raw: RawBootstrap = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
-    let ms = raw
-        .stats_interval_ms
-        .unwrap_or(DEFAULT_STATS_INTERVAL_MS as i64);
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+    let serde_json::Value::Object(mut map) = value else {
+        return Err(format!(
+            "invalid JSON: expected an object, got {}",
+            json_kind(&value)
+        ));
+    };
+    let ms = match map.remove("stats_interval_ms") {
+        None => DEFAULT_STATS_INTERVAL_MS as i64,
+        Some(v) => v.as_i64().ok_or_else(|| {
+            format!("invalid JSON: invalid type: \"stats_interval_ms\" must be an integer, got {v}")
+        })?,
+    };
     if !(10..=60_000).contains(&ms) {
         return Err(format!(
             "\"stats_interval_ms\" must be between 10 and 60000 (got {ms})"
         ));
     }
+    if let Some(unknown) = map.keys().find(|k| !GLOBAL_FIELDS.contains(&k.as_str())) {
+        return Err(format!(
+            "invalid JSON: unknown field `{unknown}`, expected `stats_interval_ms` or one of the global-mode fields {GLOBAL_FIELDS:?}"
+        ));
+    }
+    let global = if map.is_empty() {
+        None
+    } else if !map.contains_key("redis_url") {
+        let fields: Vec<&String> = map.keys().collect();
+        return Err(format!(
+            "global-mode fields {fields:?} need \"redis_url\" (without it the module runs local mode)"
+        ));
+    } else {
+        let global: GlobalConfig = serde_json::from_value(serde_json::Value::Object(map))
+            .map_err(|e| format!("invalid global-mode settings: {e}"))?;
+        global.validate().map_err(|e| e.to_string())?;
+        Some(global)
+    };
     Ok(BootstrapSettings {
         stats_interval_ms: ms as u64,
+        global,
     })
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
 }
 
 #[cfg(test)]
@@ -223,5 +285,35 @@ mod tests {
         assert!(parse_bootstrap(br#"{"stats_interval_ms":"1"}"#)
             .unwrap_err()
             .contains("invalid type"));
+        assert!(parse_bootstrap(b"[]").unwrap_err().contains("invalid JSON"));
+    }
+
+    #[test]
+    fn bootstrap_global_mode_is_validated() {
+        let ok = |j: &str| parse_bootstrap(j.as_bytes()).unwrap();
+        let err = |j: &str| parse_bootstrap(j.as_bytes()).unwrap_err();
+        let s = ok(
+            r#"{"stats_interval_ms":100,"redis_url":"redis://127.0.0.1:1","instance_id":"a",
+            "lease_ttl_ms":1500,"refresh_ms":200,"fail_mode":"reject","headroom":1,
+            "restart_grace_ms":400,"key_prefix":"t"}"#,
+        );
+        assert_eq!(s.stats_interval_ms, 100);
+        let g = s.global.unwrap();
+        assert_eq!(g.fail_mode, wscap_global::FailMode::Reject);
+        assert_eq!(g.restart_grace_ms, Some(400));
+        assert!(ok(r#"{"redis_url":"redis://h:1"}"#).global.is_some());
+        assert!(err(r#"{"refresh_ms":100}"#).contains("redis_url"));
+        assert!(err(r#"{"redis_url":"http://h"}"#).contains("redis_url must start"));
+        assert!(
+            err(r#"{"redis_url":"redis://h","lease_ttl_ms":1000,"refresh_ms":900}"#)
+                .contains("refresh_ms")
+        );
+        assert!(
+            err(r#"{"redis_url":"redis://h","fail_mode":"local_limit"}"#)
+                .contains("needs local_limit")
+        );
+        assert!(err(r#"{"redis_url":"redis://h","fail_mode":"panic"}"#).contains("unknown variant"));
+        assert!(err(r#"{"redis_url":"redis://h","bogus":1}"#).contains("unknown field `bogus`"));
+        assert!(err(r#"{"redis_url":7}"#).contains("invalid type"));
     }
 }

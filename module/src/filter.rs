@@ -13,13 +13,66 @@
 //!   `connection: upgrade`) before the filter chain, and the filter sees `:status 101` in
 //!   `response_headers` (the codec turns it back into `200` afterwards). Observed on 1.40.0 in
 //!   `tests/http2.rs`; `:protocol` never reaches the filter, so it is not looked up.
+//!
+//! ## Global mode: pause, borrow, resume
+//! When core refuses with `no_capacity` and global mode runs ([`Borrower::active`]), the stream
+//! is not refused at once: `request_headers` creates a [`Resume`] handle (Envoy's per-stream
+//! scheduler), asks the coordinator for more room and answers [`HeadersStatus::Pause`]. The
+//! coordinator's callback (its own thread) commits an event through the handle; Envoy runs
+//! `on_scheduled` on the stream's worker, which acquires again and then steers and continues, or
+//! borrows again (only after a grant that another stream took first), or refuses with the usual
+//! `503`. The handle lives in a [`ResumeSlot`] shared by the stream and the callback: whoever
+//! ends the wait (the worker on resume, or the stream's destruction) takes it out and drops it
+//! (Envoy's `scheduler_delete`) under the slot's lock, and the callback commits only under that
+//! lock, so the scheduler is never used after its deletion.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use wscap_core::{Cluster, HostAddr, Permit, Rejected};
+use wscap_global::BorrowOutcome;
 
 use crate::config::FilterSettings;
+use crate::global::Borrower;
 use crate::Level;
+
+/// A handle that makes Envoy call the stream's `on_scheduled` hook on its worker thread.
+/// Dropping it deletes Envoy's scheduler.
+pub trait Resume: Send {
+    /// Posts `event_id` to the stream's worker (callable from any thread).
+    fn commit(&self, event_id: u64);
+}
+
+impl std::fmt::Debug for dyn Resume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Resume")
+    }
+}
+
+/// The scheduler of a paused stream, shared between the stream and the borrow callback.
+pub type ResumeSlot = Arc<Mutex<Option<Box<dyn Resume>>>>;
+
+/// How many borrow rounds one stream may start before its refusal is final. A round is repeated
+/// only after a grant that a concurrent stream used first, so the bound is rarely reached.
+pub const MAX_BORROWS: u32 = 32;
+
+/// The event id a borrow outcome travels as.
+pub fn outcome_event(o: BorrowOutcome) -> u64 {
+    match o {
+        BorrowOutcome::Granted => 1,
+        BorrowOutcome::Full => 2,
+        BorrowOutcome::Unavailable => 3,
+    }
+}
+
+/// The borrow outcome an event id carries (`None` for ids wscap never sends).
+pub fn event_outcome(id: u64) -> Option<BorrowOutcome> {
+    match id {
+        1 => Some(BorrowOutcome::Granted),
+        2 => Some(BorrowOutcome::Full),
+        3 => Some(BorrowOutcome::Unavailable),
+        _ => None,
+    }
+}
 
 /// Which header map a lookup reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +90,8 @@ pub enum HeadersStatus {
     Continue,
     /// Stop (a local reply was sent).
     StopIteration,
+    /// Stop everything until the filter continues the stream (a borrow is in flight).
+    Pause,
 }
 
 /// An opaque metric id returned by Envoy when the metric was defined.
@@ -61,6 +116,10 @@ pub trait Stream {
     );
     /// Adds `value` to a labelled counter.
     fn increment_counter(&mut self, id: MetricId, labels: &[&str], value: u64);
+    /// A scheduler for this stream (global mode), `None` if Envoy gave none.
+    fn new_resume(&mut self) -> Option<Box<dyn Resume>>;
+    /// Continues a stream paused in `request_headers`.
+    fn continue_decoding(&mut self);
 }
 
 /// The counters the filter increments; `None` when Envoy refused to define one.
@@ -112,6 +171,7 @@ pub struct FilterConfig {
     metrics: FilterMetrics,
     body_no_capacity: String,
     body_no_hosts: String,
+    borrower: Option<Arc<dyn Borrower>>,
 }
 
 impl FilterConfig {
@@ -148,7 +208,14 @@ impl FilterConfig {
             cluster,
             retry_after: settings.retry_after_seconds.to_string(),
             metrics,
+            borrower: None,
         })
+    }
+
+    /// Where `no_capacity` refusals borrow more room first (global mode).
+    pub fn with_borrower(mut self, borrower: Arc<dyn Borrower>) -> Self {
+        self.borrower = Some(borrower);
+        self
     }
 
     /// The cluster handle.
@@ -170,6 +237,8 @@ pub enum Phase {
     Released,
     /// Refused with a local reply.
     Refused,
+    /// Paused in `request_headers` while a borrow round runs (global mode).
+    Waiting,
 }
 
 /// One HTTP stream. Holds at most one permit, released on the first close path.
@@ -178,6 +247,9 @@ pub struct Filter {
     config: Arc<FilterConfig>,
     permit: Option<Permit>,
     phase: Phase,
+    /// The scheduler while the stream waits for a borrow.
+    waiting: Option<ResumeSlot>,
+    borrows: u32,
 }
 
 impl Filter {
@@ -187,6 +259,8 @@ impl Filter {
             config,
             permit: None,
             phase: Phase::Idle,
+            waiting: None,
+            borrows: 0,
         }
     }
 
@@ -200,45 +274,122 @@ impl Filter {
         self.permit.as_ref().map(Permit::host)
     }
 
-    /// `request_headers`: admits, steers or refuses a WebSocket upgrade.
+    /// `request_headers`: admits, steers or refuses a WebSocket upgrade; in global mode a
+    /// `no_capacity` refusal first pauses the stream and borrows.
     pub fn on_request_headers(&mut self, stream: &mut impl Stream) -> HeadersStatus {
         if self.phase != Phase::Idle || !detect(stream) {
             return HeadersStatus::Continue;
         }
-        let cfg = Arc::clone(&self.config);
-        match cfg.cluster.acquire() {
+        match self.config.cluster.acquire() {
+            Ok(permit) => self.admit(stream, permit),
+            Err(Rejected::NoCapacity) if self.borrow(stream) => HeadersStatus::Pause,
+            Err(rejected) => self.reject(stream, rejected),
+        }
+    }
+
+    /// `on_scheduled`: a borrow round ended; acquire again, then continue, borrow again or refuse.
+    pub fn on_scheduled(&mut self, stream: &mut impl Stream, event_id: u64) {
+        if self.phase != Phase::Waiting {
+            return;
+        }
+        let outcome = event_outcome(event_id);
+        match self.config.cluster.acquire() {
             Ok(permit) => {
-                if !stream.set_upstream_override_host(permit.host().as_str(), true) {
-                    crate::log(
-                        Level::Error,
-                        &format!(
-                            "wscap: Envoy refused override host {} for cluster {}; refusing the stream",
-                            permit.host(),
-                            cfg.cluster.name()
-                        ),
-                    );
-                    drop(permit);
-                    if let Some(id) = cfg.metrics.rejected {
-                        stream.increment_counter(id, &[cfg.cluster.name(), "override_refused"], 1);
-                    }
-                    self.refuse(stream, "override_refused");
-                    return HeadersStatus::StopIteration;
+                self.end_wait();
+                if self.admit(stream, permit) == HeadersStatus::Continue {
+                    stream.continue_decoding();
                 }
-                if let Some(id) = cfg.metrics.admitted {
-                    stream.increment_counter(id, &[cfg.cluster.name(), permit.host().as_str()], 1);
-                }
-                self.permit = Some(permit);
-                self.phase = Phase::Admitted;
-                HeadersStatus::Continue
             }
+            // A grant that another stream used first: the fleet made progress, ask again.
+            Err(Rejected::NoCapacity)
+                if outcome == Some(BorrowOutcome::Granted)
+                    && self.borrows < MAX_BORROWS
+                    && self.borrow(stream) => {}
             Err(rejected) => {
-                if let Some(id) = cfg.metrics.rejected {
-                    stream.increment_counter(id, &[cfg.cluster.name(), rejected.reason()], 1);
-                }
-                self.refuse(stream, rejected.reason());
-                HeadersStatus::StopIteration
+                self.end_wait();
+                self.reject(stream, rejected);
             }
         }
+    }
+
+    /// Starts (or repeats) a borrow round; false when this stream cannot wait (local mode, no
+    /// scheduler).
+    fn borrow(&mut self, stream: &mut impl Stream) -> bool {
+        let Some(borrower) = self.config.borrower.clone().filter(|b| b.active()) else {
+            return false;
+        };
+        let slot = match &self.waiting {
+            Some(slot) => Arc::clone(slot),
+            None => {
+                let Some(resume) = stream.new_resume() else {
+                    return false;
+                };
+                let slot: ResumeSlot = Arc::new(Mutex::new(Some(resume)));
+                self.waiting = Some(Arc::clone(&slot));
+                slot
+            }
+        };
+        self.borrows += 1;
+        self.phase = Phase::Waiting;
+        borrower.request_borrow(
+            self.config.cluster.name(),
+            Box::new(move |outcome| {
+                // Under the lock: the stream deletes the scheduler under it too.
+                let resume = slot.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(r) = resume.as_ref() {
+                    r.commit(outcome_event(outcome));
+                }
+            }),
+        );
+        true
+    }
+
+    /// Ends a wait: the scheduler is taken out of the slot and deleted under its lock.
+    fn end_wait(&mut self) {
+        if let Some(slot) = self.waiting.take() {
+            let mut resume = slot.lock().unwrap_or_else(PoisonError::into_inner);
+            drop(resume.take());
+            if self.phase == Phase::Waiting {
+                self.phase = Phase::Idle;
+            }
+        }
+    }
+
+    /// Steers the stream to the permit's host and keeps the permit.
+    fn admit(&mut self, stream: &mut impl Stream, permit: Permit) -> HeadersStatus {
+        let cfg = Arc::clone(&self.config);
+        if !stream.set_upstream_override_host(permit.host().as_str(), true) {
+            crate::log(
+                Level::Error,
+                &format!(
+                    "wscap: Envoy refused override host {} for cluster {}; refusing the stream",
+                    permit.host(),
+                    cfg.cluster.name()
+                ),
+            );
+            drop(permit);
+            if let Some(id) = cfg.metrics.rejected {
+                stream.increment_counter(id, &[cfg.cluster.name(), "override_refused"], 1);
+            }
+            self.refuse(stream, "override_refused");
+            return HeadersStatus::StopIteration;
+        }
+        if let Some(id) = cfg.metrics.admitted {
+            stream.increment_counter(id, &[cfg.cluster.name(), permit.host().as_str()], 1);
+        }
+        self.permit = Some(permit);
+        self.phase = Phase::Admitted;
+        HeadersStatus::Continue
+    }
+
+    /// Counts and sends a refusal.
+    fn reject(&mut self, stream: &mut impl Stream, rejected: Rejected) -> HeadersStatus {
+        let cfg = Arc::clone(&self.config);
+        if let Some(id) = cfg.metrics.rejected {
+            stream.increment_counter(id, &[cfg.cluster.name(), rejected.reason()], 1);
+        }
+        self.refuse(stream, rejected.reason());
+        HeadersStatus::StopIteration
     }
 
     /// Sends the refusal: 503, `retry-after`, `x-wscap-reason`, a small JSON body.
@@ -355,6 +506,8 @@ impl Filter {
 impl Drop for Filter {
     fn drop(&mut self) {
         // `destroy`: the last close path. `Option::take` makes a second release impossible.
+        // A borrow may still be in flight: its scheduler is deleted here, under the slot's lock.
+        self.end_wait();
         self.release();
     }
 }
@@ -377,6 +530,69 @@ mod tests {
         replies: Vec<Reply>,
         counters: Vec<(usize, Vec<String>, u64)>,
         lookups: std::cell::Cell<usize>,
+        sched: Arc<SchedLog>,
+        no_scheduler: bool,
+        continued: usize,
+    }
+
+    /// What the fake scheduler saw: commits (event ids) and deletions.
+    #[derive(Default)]
+    struct SchedLog {
+        commits: Mutex<Vec<u64>>,
+        created: std::sync::atomic::AtomicUsize,
+        deleted: std::sync::atomic::AtomicUsize,
+    }
+
+    struct FakeResume(Arc<SchedLog>);
+    impl Resume for FakeResume {
+        fn commit(&self, event_id: u64) {
+            assert!(
+                self.0.deleted.load(std::sync::atomic::Ordering::SeqCst)
+                    < self.0.created.load(std::sync::atomic::Ordering::SeqCst),
+                "commit after delete"
+            );
+            self.0.commits.lock().unwrap().push(event_id);
+        }
+    }
+    impl Drop for FakeResume {
+        fn drop(&mut self) {
+            self.0
+                .deleted
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// A borrower that keeps the callbacks, to be answered by the test.
+    #[derive(Default)]
+    struct FakeBorrower {
+        on: bool,
+        pending: Mutex<Vec<(String, Box<dyn FnOnce(BorrowOutcome) + Send>)>>,
+    }
+    impl std::fmt::Debug for FakeBorrower {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("FakeBorrower")
+        }
+    }
+    impl Borrower for FakeBorrower {
+        fn active(&self) -> bool {
+            self.on
+        }
+        fn request_borrow(&self, cluster: &str, done: Box<dyn FnOnce(BorrowOutcome) + Send>) {
+            self.pending
+                .lock()
+                .unwrap()
+                .push((cluster.to_owned(), done));
+        }
+    }
+    impl FakeBorrower {
+        fn answer(&self, o: BorrowOutcome) -> usize {
+            let all: Vec<_> = std::mem::take(&mut *self.pending.lock().unwrap());
+            let n = all.len();
+            for (_, done) in all {
+                done(o);
+            }
+            n
+        }
     }
 
     impl Fake {
@@ -425,6 +641,18 @@ mod tests {
                 value,
             ));
         }
+        fn new_resume(&mut self) -> Option<Box<dyn Resume>> {
+            if self.no_scheduler {
+                return None;
+            }
+            self.sched
+                .created
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Some(Box::new(FakeResume(Arc::clone(&self.sched))))
+        }
+        fn continue_decoding(&mut self) {
+            self.continued += 1;
+        }
     }
 
     const ADMITTED: usize = 1;
@@ -451,6 +679,159 @@ mod tests {
 
     fn active(cfg: &FilterConfig) -> u64 {
         cfg.cluster().active()
+    }
+
+    fn global_setup(limit: u32, on: bool) -> (Registry, Arc<FilterConfig>, Arc<FakeBorrower>) {
+        let (reg, cfg) = setup(limit, &["10.0.0.1:80"]);
+        let cfg = Arc::try_unwrap(cfg).unwrap();
+        let borrower = Arc::new(FakeBorrower {
+            on,
+            ..FakeBorrower::default()
+        });
+        let cfg = Arc::new(cfg.with_borrower(borrower.clone()));
+        (reg, cfg, borrower)
+    }
+
+    fn ncommits(f: &Fake) -> Vec<u64> {
+        f.sched.commits.lock().unwrap().clone()
+    }
+
+    fn deleted(f: &Fake) -> usize {
+        f.sched.deleted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[test]
+    fn global_mode_pauses_borrows_and_resumes_admitted() {
+        let (_reg, cfg, borrower) = global_setup(1, true);
+        let addr: HostAddr = "10.0.0.1:80".parse().unwrap();
+        cfg.cluster().set_host_cap(&addr, Some(0));
+        let mut f = Fake::ws();
+        let mut filter = Filter::new(cfg.clone());
+        assert_eq!(filter.on_request_headers(&mut f), HeadersStatus::Pause);
+        assert_eq!(filter.phase(), Phase::Waiting);
+        assert!(f.replies.is_empty(), "no refusal while the borrow runs");
+        // The coordinator grants: raises the cap, then answers.
+        cfg.cluster().set_host_cap(&addr, Some(1));
+        assert_eq!(borrower.answer(BorrowOutcome::Granted), 1);
+        assert_eq!(ncommits(&f), vec![1]);
+        filter.on_scheduled(&mut f, 1);
+        assert_eq!(filter.phase(), Phase::Admitted);
+        assert_eq!(f.continued, 1);
+        assert_eq!(f.override_host, Some(("10.0.0.1:80".into(), true)));
+        assert_eq!(
+            deleted(&f),
+            1,
+            "the scheduler is deleted once the wait ends"
+        );
+        assert_eq!(active(&cfg), 1);
+        drop(filter);
+        assert_eq!(active(&cfg), 0);
+        assert_eq!(deleted(&f), 1, "and never twice");
+    }
+
+    #[test]
+    fn global_mode_refuses_after_full_and_unavailable() {
+        for (outcome, id) in [(BorrowOutcome::Full, 2), (BorrowOutcome::Unavailable, 3)] {
+            let (_reg, cfg, borrower) = global_setup(1, true);
+            cfg.cluster()
+                .set_host_cap(&"10.0.0.1:80".parse().unwrap(), Some(0));
+            let mut f = Fake::ws();
+            let mut filter = Filter::new(cfg.clone());
+            assert_eq!(filter.on_request_headers(&mut f), HeadersStatus::Pause);
+            borrower.answer(outcome);
+            assert_eq!(ncommits(&f), vec![id]);
+            filter.on_scheduled(&mut f, id);
+            assert_eq!(filter.phase(), Phase::Refused);
+            assert_eq!(f.replies.len(), 1);
+            assert_eq!(f.replies[0].0, 503);
+            assert!(f.replies[0]
+                .1
+                .contains(&("x-wscap-reason".into(), "no_capacity".into())));
+            assert_eq!(f.continued, 0);
+            assert_eq!(deleted(&f), 1);
+            assert_eq!(active(&cfg), 0);
+        }
+    }
+
+    #[test]
+    fn global_mode_borrows_again_after_a_grant_someone_else_used() {
+        let (_reg, cfg, borrower) = global_setup(1, true);
+        let addr: HostAddr = "10.0.0.1:80".parse().unwrap();
+        cfg.cluster().set_host_cap(&addr, Some(0));
+        let mut f = Fake::ws();
+        let mut filter = Filter::new(cfg.clone());
+        filter.on_request_headers(&mut f);
+        borrower.answer(BorrowOutcome::Granted); // but the cap stayed 0
+        filter.on_scheduled(&mut f, 1);
+        assert_eq!(filter.phase(), Phase::Waiting);
+        assert_eq!(borrower.pending.lock().unwrap().len(), 1, "asked again");
+        assert_eq!(f.sched.created.load(std::sync::atomic::Ordering::SeqCst), 1);
+        cfg.cluster().set_host_cap(&addr, Some(1));
+        borrower.answer(BorrowOutcome::Granted);
+        filter.on_scheduled(&mut f, 1);
+        assert_eq!(filter.phase(), Phase::Admitted);
+        assert_eq!(ncommits(&f), vec![1, 1]);
+    }
+
+    #[test]
+    fn a_stream_destroyed_while_borrowing_deletes_its_scheduler_first() {
+        let (_reg, cfg, borrower) = global_setup(1, true);
+        cfg.cluster()
+            .set_host_cap(&"10.0.0.1:80".parse().unwrap(), Some(0));
+        let mut f = Fake::ws();
+        let mut filter = Filter::new(cfg.clone());
+        filter.on_request_headers(&mut f);
+        drop(filter);
+        assert_eq!(deleted(&f), 1);
+        // The late answer finds no scheduler: nothing is committed (FakeResume would panic).
+        borrower.answer(BorrowOutcome::Granted);
+        assert!(ncommits(&f).is_empty());
+    }
+
+    #[test]
+    fn a_late_event_after_the_wait_ended_is_ignored() {
+        let (_reg, cfg, _borrower) = global_setup(1, true);
+        let mut f = Fake::ws();
+        let mut filter = Filter::new(cfg.clone());
+        assert_eq!(filter.on_request_headers(&mut f), HeadersStatus::Continue);
+        filter.on_scheduled(&mut f, 1);
+        assert_eq!(filter.phase(), Phase::Admitted);
+        assert_eq!(f.continued, 0);
+        assert_eq!(active(&cfg), 1);
+    }
+
+    #[test]
+    fn local_mode_or_no_scheduler_refuses_at_once() {
+        let (_reg, cfg, borrower) = global_setup(0, false);
+        let mut f = Fake::ws();
+        let mut filter = Filter::new(cfg.clone());
+        assert_eq!(
+            filter.on_request_headers(&mut f),
+            HeadersStatus::StopIteration
+        );
+        assert!(borrower.pending.lock().unwrap().is_empty());
+        let (_reg, cfg, borrower) = global_setup(0, true);
+        let mut f = Fake::ws();
+        f.no_scheduler = true;
+        let mut filter = Filter::new(cfg.clone());
+        assert_eq!(
+            filter.on_request_headers(&mut f),
+            HeadersStatus::StopIteration
+        );
+        assert!(borrower.pending.lock().unwrap().is_empty());
+        assert_eq!(f.replies[0].0, 503);
+    }
+
+    #[test]
+    fn event_ids_round_trip() {
+        for o in [
+            BorrowOutcome::Granted,
+            BorrowOutcome::Full,
+            BorrowOutcome::Unavailable,
+        ] {
+            assert_eq!(event_outcome(outcome_event(o)), Some(o));
+        }
+        assert_eq!(event_outcome(0), None);
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! - LB policy `wscap` ([`lb`]): feeds the cluster's healthy membership (and per-host
 //!   `filter_metadata.wscap.max_connections`) into core and balances other traffic.
 //! - Bootstrap extension `wscap` ([`bootstrap`]): `GET /wscap` on the admin listener and the
-//!   `wscap_active_connections` / `wscap_connection_limit` gauges.
+//!   `wscap_active_connections` / `wscap_connection_limit` gauges; with `redis_url` in its config
+//!   it starts global mode ([`global`]): exact per-pod limits across Envoy instances.
 //!
 //! The C ABI is bound by hand in one private module (`abi.rs`), the only place with `unsafe`;
 //! every exported hook catches panics there. Everything else is safe Rust, unit-tested with
@@ -25,6 +26,7 @@ mod abi;
 pub mod bootstrap;
 pub mod config;
 pub mod filter;
+pub mod global;
 pub mod lb;
 
 /// The process-wide registry shared by the filter (workers), the LB policy (main + workers)

@@ -19,6 +19,7 @@ pub mod envoy;
 pub mod example;
 pub mod http;
 pub mod metrics;
+pub mod redis;
 pub mod rig;
 
 use std::future::Future;

@@ -1,0 +1,816 @@
+//! Global mode end to end: 3 real Envoy 1.40 processes (`--concurrency 2`) load `libwscap.so`
+//! in global mode and share one real `redis-server`; 3 real WebSocket backends of limit 10 each
+//! count their own connections. Every assertion is on what real peers saw (the backends' counts
+//! and peaks, the clients' 101s and 503s) or on Envoy's admin output (`/wscap?scope=global`).
+//!
+//! Timings (all small, so the file runs in about a minute): lease ttl 1500 ms, refresh 200 ms,
+//! restart grace 400 ms.
+//!
+//! Measurement (not an assertion), `#[ignore]`d:
+//! `cargo test -p wscap-e2e --release --test global -- --ignored --nocapture global_latency`
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::sync::Barrier;
+use wscap_e2e::backend::Backend;
+use wscap_e2e::client::{connect, Outcome, WsClient};
+use wscap_e2e::config::{self, Endpoint, ListenerSpec};
+use wscap_e2e::envoy::{Envoy, Opts};
+use wscap_e2e::redis::RedisServer;
+use wscap_e2e::rig::{assert_wscap_refusal, CLUSTER, LISTENER, RETRY_AFTER};
+use wscap_e2e::{eventually, SETTLE};
+
+const LIMIT: u32 = 10;
+const PODS: usize = 3;
+const INSTANCES: usize = 3;
+const TTL_MS: u64 = 1500;
+const REFRESH_MS: u64 = 200;
+const GRACE_MS: u64 = 400;
+const FLEET: usize = PODS * LIMIT as usize;
+/// How long [`Fleet::fill`] keeps trying without an admission before it concludes the fleet is
+/// full: several refresh rounds.
+const PATIENCE: Duration = Duration::from_millis(6 * REFRESH_MS);
+
+/// The bootstrap extension's config in global mode.
+fn global_config(url: &str, id: &str, fail_mode: &str, headroom: u32) -> String {
+    serde_json::json!({
+        "stats_interval_ms": 100,
+        "redis_url": url,
+        "instance_id": id,
+        "lease_ttl_ms": TTL_MS,
+        "refresh_ms": REFRESH_MS,
+        "restart_grace_ms": GRACE_MS,
+        "fail_mode": fail_mode,
+        "headroom": headroom,
+    })
+    .to_string()
+}
+
+/// 3 pods, a redis-server and `n` Envoys in global mode. Everything is killed by PID on drop.
+struct Fleet {
+    backends: Vec<Backend>,
+    envoys: Vec<Option<Envoy>>,
+    ports: Vec<u16>,
+    redis: RedisServer,
+}
+
+impl Fleet {
+    async fn start(fail_mode: &str) -> Fleet {
+        Self::start_with(fail_mode, INSTANCES, 2).await
+    }
+
+    async fn start_with(fail_mode: &str, n: usize, headroom: u32) -> Fleet {
+        let redis = RedisServer::start();
+        let mut backends = Vec::new();
+        for i in 0..PODS {
+            backends.push(Backend::start(&format!("pod-{i}")).await);
+        }
+        let eps: Vec<Endpoint> = backends.iter().map(|b| Endpoint::new(b.addr)).collect();
+        let mut envoys = Vec::new();
+        let mut ports = Vec::new();
+        for i in 0..n {
+            let l = ListenerSpec::new(
+                LISTENER,
+                CLUSTER,
+                vec![config::wscap_filter(&config::filter_config(
+                    CLUSTER,
+                    LIMIT,
+                    RETRY_AFTER,
+                ))],
+            );
+            let mut boot = config::bootstrap(
+                std::slice::from_ref(&l),
+                vec![config::static_cluster(CLUSTER, &eps, true)],
+                true,
+            );
+            boot["bootstrap_extensions"][0]["typed_config"]["extension_config"]["value"] =
+                global_config(&redis.url(), &format!("envoy-{i}"), fail_mode, headroom).into();
+            let envoy = Envoy::start(&boot, &Opts::with_module(2)).await;
+            ports.push(envoy.listener_port(LISTENER).await);
+            envoys.push(Some(envoy));
+        }
+        let fleet = Fleet {
+            backends,
+            envoys,
+            ports,
+            redis,
+        };
+        // Every instance sees every pod with every instance's part, then the restart grace
+        // (a fresh Redis cannot tell a cold start from a restart) is waited out.
+        for i in 0..n {
+            eventually("instances registered in the ledger", SETTLE, || async {
+                let v = fleet.view(i).await;
+                let pods = v["pods"].as_array().cloned().unwrap_or_default();
+                let ok = v["redis_ok"] == true
+                    && pods.len() == PODS
+                    && pods
+                        .iter()
+                        .all(|p| p["instances"].as_array().map_or(0, Vec::len) == n);
+                ok.then_some(()).ok_or(format!("{v}"))
+            })
+            .await;
+        }
+        tokio::time::sleep(Duration::from_millis(GRACE_MS + 2 * REFRESH_MS)).await;
+        fleet
+    }
+
+    fn envoy(&self, i: usize) -> &Envoy {
+        self.envoys[i].as_ref().expect("envoy running")
+    }
+
+    /// `GET /wscap?scope=global` of instance `i`.
+    async fn view(&self, i: usize) -> Value {
+        let r = self.envoy(i).admin_get("/wscap?scope=global").await;
+        assert_eq!(r.status, 200, "/wscap?scope=global: {}", r.text());
+        serde_json::from_slice(&r.body).expect("fleet view JSON")
+    }
+
+    /// Fleet-wide live connections per pod (in backend order) as instance `i` sees them.
+    async fn fleet_live(&self, i: usize) -> Vec<u64> {
+        let v = self.view(i).await;
+        self.backends
+            .iter()
+            .map(|b| {
+                v["pods"]
+                    .as_array()
+                    .and_then(|ps| ps.iter().find(|p| p["address"] == b.host().as_str()))
+                    .and_then(|p| p["live"].as_u64())
+                    .unwrap_or(u64::MAX)
+            })
+            .collect()
+    }
+
+    fn backend_active(&self) -> Vec<usize> {
+        self.backends.iter().map(Backend::active).collect()
+    }
+
+    fn backend_max(&self) -> usize {
+        self.backends
+            .iter()
+            .map(Backend::max_seen)
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn assert_never_over(&self, what: &str) {
+        for b in &self.backends {
+            assert!(
+                b.max_seen() <= LIMIT as usize,
+                "{what}: {} held {} connections at once, limit {LIMIT}",
+                b.name,
+                b.max_seen()
+            );
+        }
+    }
+
+    /// Opens connections round-robin over the running instances until `want` are open or
+    /// nothing was admitted for [`PATIENCE`] (spare share held by another instance flows back
+    /// within a refresh or two once the pod is in demand); returns the open ones and the number
+    /// of refusals seen.
+    async fn fill(&self, want: usize) -> (Vec<WsClient>, usize) {
+        let live: Vec<u16> = self
+            .envoys
+            .iter()
+            .zip(&self.ports)
+            .filter(|(e, _)| e.is_some())
+            .map(|(_, p)| *p)
+            .collect();
+        let mut open = Vec::new();
+        let mut refused = 0;
+        let mut last_success = Instant::now();
+        let mut i = 0;
+        while open.len() < want && last_success.elapsed() < PATIENCE {
+            match connect(live[i % live.len()], "/ws").await {
+                Outcome::Open(c) => {
+                    open.push(c);
+                    last_success = Instant::now();
+                }
+                Outcome::Refused(r) => {
+                    assert_wscap_refusal(&r, "no_capacity");
+                    refused += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Outcome::Failed(e) => panic!("connection failed without a response: {e}"),
+            }
+            i += 1;
+        }
+        (open, refused)
+    }
+
+    /// Waits until every live instance's fleet view says `expected` per pod.
+    async fn expect_fleet_live(&self, what: &str, expected: &[u64], within: Duration) {
+        for i in 0..self.envoys.len() {
+            if self.envoys[i].is_none() {
+                continue;
+            }
+            eventually(&format!("{what}: instance {i}"), within, || async {
+                let got = self.fleet_live(i).await;
+                (got == expected)
+                    .then_some(())
+                    .ok_or(format!("fleet view says {got:?}, want {expected:?}"))
+            })
+            .await;
+        }
+    }
+}
+
+fn by_backend(open: &[WsClient]) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for c in open {
+        *m.entry(c.backend.clone()).or_insert(0) += 1;
+    }
+    m
+}
+
+async fn close_all(open: Vec<WsClient>) {
+    for c in open {
+        c.close().await;
+    }
+}
+
+/// A small deterministic PRNG (xorshift64*), seeded and printed so a failing run can be replayed.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+// (a) ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_over_three_envoys_admits_exactly_the_fleet_limit() {
+    let fleet = Fleet::start("keep_share").await;
+    const CLIENTS: usize = 200;
+    let barrier = Arc::new(Barrier::new(CLIENTS));
+    let mut tasks = Vec::new();
+    for i in 0..CLIENTS {
+        let (b, port) = (barrier.clone(), fleet.ports[i % INSTANCES]);
+        tasks.push(tokio::spawn(async move {
+            b.wait().await;
+            connect(port, "/ws").await
+        }));
+    }
+    let (mut open, mut refused, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+    for t in tasks {
+        match t.await.expect("client task") {
+            Outcome::Open(c) => open.push(c),
+            Outcome::Refused(r) => refused.push(r),
+            Outcome::Failed(e) => failed.push(e),
+        }
+    }
+    assert!(failed.is_empty(), "no response: {failed:?}");
+    assert_eq!(
+        open.len(),
+        FLEET,
+        "101s fleet-wide (refused {})",
+        refused.len()
+    );
+    assert_eq!(refused.len(), CLIENTS - FLEET);
+    for r in &refused {
+        assert_wscap_refusal(r, "no_capacity");
+    }
+    fleet.assert_never_over("storm");
+    assert_eq!(fleet.backend_active(), vec![LIMIT as usize; PODS]);
+    let per = by_backend(&open);
+    for b in &fleet.backends {
+        assert_eq!(per.get(&b.name), Some(&(LIMIT as usize)), "{per:?}");
+    }
+    fleet
+        .expect_fleet_live("storm", &[LIMIT as u64; PODS], SETTLE)
+        .await;
+    // Not one more, through any instance.
+    let (more, _) = fleet.fill(1).await;
+    assert!(more.is_empty(), "a 31st connection was admitted");
+    close_all(open).await;
+    fleet
+        .expect_fleet_live("after the storm", &[0; PODS], SETTLE)
+        .await;
+    assert_eq!(fleet.backend_active(), vec![0; PODS]);
+}
+
+// (b) ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b_random_churn_across_instances_never_breaks_the_invariant() {
+    let secs: u64 = std::env::var("WSCAP_GLOBAL_E2E_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let seed = std::env::var("WSCAP_GLOBAL_E2E_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!("churn: {secs} s, seed {seed} (WSCAP_GLOBAL_E2E_SEED to replay)");
+    let fleet = Arc::new(Fleet::start("keep_share").await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let opened = Arc::new(AtomicUsize::new(0));
+    let refusals = Arc::new(AtomicUsize::new(0));
+    const WORKERS: u64 = 45;
+    let mut tasks = Vec::new();
+    for w in 0..WORKERS {
+        let (fleet, stop, opened, refusals) = (
+            fleet.clone(),
+            stop.clone(),
+            opened.clone(),
+            refusals.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut rng = Rng(seed.wrapping_add(w.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1);
+            let mut held: Vec<WsClient> = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                if held.is_empty() || rng.below(3) > 0 && held.len() < 3 {
+                    let port = fleet.ports[rng.below(INSTANCES as u64) as usize];
+                    match connect(port, "/ws").await {
+                        Outcome::Open(c) => {
+                            opened.fetch_add(1, Ordering::Relaxed);
+                            held.push(c)
+                        }
+                        Outcome::Refused(r) => {
+                            assert_wscap_refusal(&r, "no_capacity");
+                            refusals.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Outcome::Failed(e) => panic!("no response: {e}"),
+                    }
+                } else {
+                    let i = rng.below(held.len() as u64) as usize;
+                    let c = held.swap_remove(i);
+                    match rng.below(3) {
+                        0 => c.reset(),
+                        _ => c.close().await,
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(rng.below(60))).await;
+            }
+            held
+        }));
+    }
+    // Watch the backends' own counts while it runs.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(secs) {
+        fleet.assert_never_over("churn");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut open = Vec::new();
+    for t in tasks {
+        open.extend(t.await.expect("churn task"));
+    }
+    eprintln!(
+        "churn: {} opened, {} refused, {} still open, backends' peaks {:?}",
+        opened.load(Ordering::Relaxed),
+        refusals.load(Ordering::Relaxed),
+        open.len(),
+        fleet
+            .backends
+            .iter()
+            .map(Backend::max_seen)
+            .collect::<Vec<_>>()
+    );
+    fleet.assert_never_over("churn");
+    assert!(
+        refusals.load(Ordering::Relaxed) > 0,
+        "the churn never reached the fleet limit: not a test of it"
+    );
+    assert!(opened.load(Ordering::Relaxed) > 2 * FLEET);
+    // Final counts are exact: what the clients hold = what the backends hold = the fleet view.
+    let per = by_backend(&open);
+    let held: Vec<usize> = fleet
+        .backends
+        .iter()
+        .map(|b| per.get(&b.name).copied().unwrap_or(0))
+        .collect();
+    eventually("backends hold what clients hold", SETTLE, || async {
+        let got = fleet.backend_active();
+        (got == held)
+            .then_some(())
+            .ok_or(format!("backends {got:?}, clients {held:?}"))
+    })
+    .await;
+    let want: Vec<u64> = held.iter().map(|&n| n as u64).collect();
+    fleet.expect_fleet_live("after churn", &want, SETTLE).await;
+    close_all(open).await;
+    fleet
+        .expect_fleet_live("all closed", &[0; PODS], SETTLE)
+        .await;
+    // And the whole fleet capacity is usable again, exactly.
+    let (open, _) = fleet.fill(FLEET + 1).await;
+    assert_eq!(open.len(), FLEET);
+    fleet.assert_never_over("refill");
+    close_all(open).await;
+}
+
+// (c) ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c_a_killed_envoy_frees_its_connections_within_ttl_plus_a_refresh() {
+    let mut fleet = Fleet::start("keep_share").await;
+    const K: usize = 12;
+    // K connections through instance 0 only.
+    let mut victims = Vec::new();
+    for _ in 0..K {
+        victims.push(
+            connect(fleet.ports[0], "/ws")
+                .await
+                .expect_open("through envoy-0"),
+        );
+    }
+    // The rest of the fleet's capacity through the others.
+    let (mut rest, _) = {
+        let saved = fleet.envoys[0].take();
+        let r = fleet.fill(FLEET).await;
+        fleet.envoys[0] = saved;
+        r
+    };
+    assert_eq!(rest.len(), FLEET - K);
+    fleet
+        .expect_fleet_live("full", &[LIMIT as u64; PODS], SETTLE)
+        .await;
+    assert!(connect(fleet.ports[1], "/ws").await.status() == 503);
+
+    // kill -9 envoy-0: no teardown hook runs; its lease must expire on Redis's clock.
+    let killed_at = Instant::now();
+    fleet.envoys[0].as_mut().unwrap().kill();
+    fleet.envoys[0] = None;
+    drop(victims);
+    let before: u64 = fleet.fleet_live(1).await.iter().sum();
+    assert_eq!(
+        before, FLEET as u64,
+        "the view still counts envoy-0 before its lease ends"
+    );
+    let bound = Duration::from_millis(TTL_MS + REFRESH_MS);
+    let slack = Duration::from_millis(600);
+    loop {
+        let live: u64 = fleet.fleet_live(1).await.iter().sum();
+        if live == (FLEET - K) as u64 {
+            break;
+        }
+        assert!(
+            killed_at.elapsed() < bound + slack,
+            "fleet view still says {live} live {:?} after kill -9 (lease ttl {TTL_MS} ms + refresh {REFRESH_MS} ms)",
+            killed_at.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let dropped_after = killed_at.elapsed();
+    eprintln!("fleet view dropped by {K} {dropped_after:?} after kill -9 (bound {bound:?})");
+    // That capacity is usable through the other instances, and not one more.
+    let (more, _) = fleet.fill(K + 1).await;
+    assert_eq!(
+        more.len(),
+        K,
+        "the killed instance's capacity is usable again"
+    );
+    fleet.assert_never_over("after kill -9");
+    assert_eq!(fleet.backend_active(), vec![LIMIT as usize; PODS]);
+    rest.extend(more);
+    close_all(rest).await;
+}
+
+// (d) ------------------------------------------------------------------------------------------
+
+/// Redis killed (-9) while the fleet holds 15 connections, restarted empty later.
+async fn redis_restart(fail_mode: &str) {
+    let mut fleet = Fleet::start(fail_mode).await;
+    let (mut held, _) = fleet.fill(15).await;
+    assert_eq!(held.len(), 15);
+    fleet.redis.kill();
+    let killed_at = Instant::now();
+
+    // While Redis is down: attempts through every instance; no pod may go over its limit.
+    let mut admitted_while_down = Vec::new();
+    while killed_at.elapsed() < Duration::from_millis(TTL_MS + 3 * REFRESH_MS) {
+        let port = fleet.ports[admitted_while_down.len() % INSTANCES];
+        if let Outcome::Open(c) = connect(port, "/ws").await {
+            admitted_while_down.push((killed_at.elapsed(), c));
+        }
+        fleet.assert_never_over("redis down");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    match fail_mode {
+        // Exact: whatever share was held, until its lease would have ended on the server.
+        "keep_share" => {
+            for (at, _) in &admitted_while_down {
+                assert!(
+                    *at < Duration::from_millis(TTL_MS + REFRESH_MS),
+                    "keep_share admitted {at:?} after Redis died, past the held lease"
+                );
+            }
+        }
+        // Nothing new once an instance noticed (its first failed round, within one refresh).
+        "reject" => {
+            for (at, _) in &admitted_while_down {
+                assert!(
+                    *at < Duration::from_millis(2 * REFRESH_MS),
+                    "reject admitted {at:?} after Redis died"
+                );
+            }
+        }
+        other => panic!("{other}"),
+    }
+    // Past the lease, both modes refuse everything new, and the view says Redis is down.
+    let (none, _) = fleet.fill(1).await;
+    assert!(
+        none.is_empty(),
+        "{fail_mode}: admitted with Redis down past the lease"
+    );
+    let v = fleet.view(1).await;
+    assert_eq!(v["redis_ok"], false, "{v}");
+    eprintln!(
+        "{fail_mode}: {} admitted while Redis was down, at {:?}",
+        admitted_while_down.len(),
+        admitted_while_down
+            .iter()
+            .map(|(t, _)| *t)
+            .collect::<Vec<_>>()
+    );
+    held.extend(admitted_while_down.into_iter().map(|(_, c)| c));
+    // Connections held through the outage stay open.
+    for c in held.iter_mut() {
+        c.echo("still here")
+            .await
+            .expect("a held connection survived the outage");
+    }
+
+    // Redis comes back empty: the grace lets instances reclaim only what they hold, then the
+    // state reconverges, exactly.
+    fleet.redis.start_again();
+    let per = by_backend(&held);
+    let want: Vec<u64> = fleet
+        .backends
+        .iter()
+        .map(|b| per.get(&b.name).copied().unwrap_or(0) as u64)
+        .collect();
+    fleet
+        .expect_fleet_live("after redis restart", &want, SETTLE)
+        .await;
+    tokio::time::sleep(Duration::from_millis(GRACE_MS + 2 * REFRESH_MS)).await;
+    let (more, _) = fleet.fill(FLEET).await;
+    fleet.assert_never_over("after redis restart");
+    assert_eq!(
+        held.len() + more.len(),
+        FLEET,
+        "the fleet's whole capacity, exactly, after the restart"
+    );
+    assert_eq!(fleet.backend_active(), vec![LIMIT as usize; PODS]);
+    held.extend(more);
+    close_all(held).await;
+    fleet.expect_fleet_live("closed", &[0; PODS], SETTLE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d1_redis_killed_and_restarted_empty_keep_share() {
+    redis_restart("keep_share").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d2_redis_killed_and_restarted_empty_reject() {
+    redis_restart("reject").await;
+}
+
+// (e) ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e_a_frozen_redis_applies_keep_share_and_recovers() {
+    let mut fleet = Fleet::start("keep_share").await;
+    let (mut held, _) = fleet.fill(8).await;
+    assert_eq!(held.len(), 8);
+    fleet.redis.freeze();
+    let frozen_at = Instant::now();
+    let mut during = Vec::new();
+    while frozen_at.elapsed() < Duration::from_millis(TTL_MS + 4 * REFRESH_MS) {
+        let port = fleet.ports[during.len() % INSTANCES];
+        if let Outcome::Open(c) = connect(port, "/ws").await {
+            during.push((frozen_at.elapsed(), c));
+        }
+        fleet.assert_never_over("redis frozen");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    for (at, _) in &during {
+        assert!(
+            *at < Duration::from_millis(TTL_MS + REFRESH_MS),
+            "admitted {at:?} into a freeze, past the held lease"
+        );
+    }
+    let (none, _) = fleet.fill(1).await;
+    assert!(none.is_empty(), "admitted with Redis frozen past the lease");
+    eprintln!("frozen: {} admitted within the held shares", during.len());
+    held.extend(during.into_iter().map(|(_, c)| c));
+    fleet.redis.thaw();
+    let per = by_backend(&held);
+    let want: Vec<u64> = fleet
+        .backends
+        .iter()
+        .map(|b| per.get(&b.name).copied().unwrap_or(0) as u64)
+        .collect();
+    fleet
+        .expect_fleet_live("after SIGCONT", &want, SETTLE)
+        .await;
+    let (more, _) = fleet.fill(FLEET).await;
+    assert_eq!(
+        held.len() + more.len(),
+        FLEET,
+        "full capacity after recovery"
+    );
+    fleet.assert_never_over("after SIGCONT");
+    held.extend(more);
+    close_all(held).await;
+}
+
+// (f) ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f_connections_outlive_many_lease_ttls_and_stay_counted() {
+    let fleet = Fleet::start("keep_share").await;
+    let (mut open, _) = fleet.fill(FLEET).await;
+    assert_eq!(open.len(), FLEET);
+    fleet
+        .expect_fleet_live("full", &[LIMIT as u64; PODS], SETTLE)
+        .await;
+    let start = Instant::now();
+    let mut rounds = 0;
+    while start.elapsed() < Duration::from_millis(5 * TTL_MS) {
+        for c in open.iter_mut() {
+            c.echo("ping")
+                .await
+                .expect("a long-lived connection was dropped");
+        }
+        for i in 0..INSTANCES {
+            assert_eq!(
+                fleet.fleet_live(i).await,
+                vec![LIMIT as u64; PODS],
+                "instance {i} lost count at {:?}",
+                start.elapsed()
+            );
+        }
+        assert_eq!(fleet.backend_active(), vec![LIMIT as usize; PODS]);
+        let (more, _) = fleet.fill(1).await;
+        assert!(
+            more.is_empty(),
+            "admitted past the limit at {:?}",
+            start.elapsed()
+        );
+        rounds += 1;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(rounds >= 3, "{rounds} rounds");
+    fleet.assert_never_over("long-lived");
+    assert_eq!(fleet.backend_max(), LIMIT as usize);
+    close_all(open).await;
+}
+
+// measurement ----------------------------------------------------------------------------------
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// Handshake latency in local mode vs global mode (share suffices / a borrow is needed), and
+/// Redis commands per admitted connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: run with --ignored --nocapture"]
+async fn global_latency() {
+    let n: usize = std::env::var("WSCAP_E2E_HANDSHAKES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    // Local mode: one Envoy, the same pods, no Redis.
+    let pod = Backend::start("pod-local").await;
+    let l = ListenerSpec::new(
+        LISTENER,
+        CLUSTER,
+        vec![config::wscap_filter(&config::filter_config(
+            CLUSTER, 100_000, 1,
+        ))],
+    );
+    let boot = config::bootstrap(
+        std::slice::from_ref(&l),
+        vec![config::static_cluster(
+            CLUSTER,
+            &[Endpoint::new(pod.addr)],
+            true,
+        )],
+        true,
+    );
+    let local = Envoy::start(&boot, &Opts::with_module(2)).await;
+    let local_port = local.listener_port(LISTENER).await;
+    let mut t_local = Vec::new();
+    for i in 0..(n + 20) {
+        let t0 = Instant::now();
+        let c = connect(local_port, "/ws").await.expect_open("local");
+        if i >= 20 {
+            t_local.push(t0.elapsed());
+        }
+        c.close().await;
+    }
+    drop(local);
+
+    // Global mode, one instance (so the fleet's commands are this instance's), headroom 2:
+    // a handshake while fewer than `headroom` are open uses the held share; opening past it
+    // needs a borrow round.
+    let fleet = Fleet::start_with("keep_share", 1, 2).await;
+    let port = fleet.ports[0];
+    let commands = |v: &Value| v["redis_commands"].as_u64().unwrap_or(0);
+    let c0 = commands(&fleet.view(0).await);
+    let mut t_share = Vec::new();
+    for _ in 0..n {
+        let t0 = Instant::now();
+        let c = connect(port, "/ws").await.expect_open("share");
+        t_share.push(t0.elapsed());
+        c.close().await;
+    }
+    let c1 = commands(&fleet.view(0).await);
+    // Borrow: hold connections so the live count climbs past the spare share each time.
+    let mut t_borrow = Vec::new();
+    let b0 = fleet.view(0).await["borrows"].as_u64().unwrap_or(0);
+    let mut rounds = 0;
+    while t_borrow.len() < n && rounds < 50 {
+        rounds += 1;
+        let mut held = Vec::new();
+        for _ in 0..FLEET {
+            let before = fleet.view(0).await["borrows"].as_u64().unwrap_or(0);
+            let t0 = Instant::now();
+            let c = connect(port, "/ws").await.expect_open("borrow");
+            let dt = t0.elapsed();
+            let after = fleet.view(0).await["borrows"].as_u64().unwrap_or(0);
+            if after > before {
+                t_borrow.push(dt);
+            }
+            held.push(c);
+        }
+        close_all(held).await;
+        // Let the spare share flow back, so the next round borrows again.
+        tokio::time::sleep(Duration::from_millis(3 * REFRESH_MS)).await;
+    }
+    let v = fleet.view(0).await;
+    let b1 = v["borrows"].as_u64().unwrap_or(0);
+    let c2 = commands(&v);
+    let admitted_total = n + rounds * FLEET;
+    t_local.sort();
+    t_share.sort();
+    t_borrow.sort();
+    println!(
+        "WebSocket handshake latency through Envoy 1.40 (--concurrency 2), test built {}:",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+    );
+    println!("  {:<34} {:>6} {:>10} {:>10}", "", "n", "p50 µs", "p99 µs");
+    for (name, t) in [
+        ("local mode", &t_local),
+        ("global, share suffices", &t_share),
+        ("global, borrow needed", &t_borrow),
+    ] {
+        if t.is_empty() {
+            println!("  {name:<34} {:>6}", 0);
+            continue;
+        }
+        println!(
+            "  {:<34} {:>6} {:>10.1} {:>10.1}",
+            name,
+            t.len(),
+            us(percentile(t, 0.5)),
+            us(percentile(t, 0.99))
+        );
+    }
+    let secs_share = t_share.iter().map(Duration::as_secs_f64).sum::<f64>();
+    println!(
+        "  redis commands: {} during {} share-only handshakes ({:.1} s: the refresh rounds, {} ms apart); {} during {} handshakes with {} borrows",
+        c1 - c0,
+        n,
+        secs_share,
+        REFRESH_MS,
+        c2 - c1,
+        rounds * FLEET,
+        b1 - b0
+    );
+    println!(
+        "  redis commands per admitted connection over the run: {:.2} ({} commands / {} admitted)",
+        (c2 - c0) as f64 / admitted_total as f64,
+        c2 - c0,
+        admitted_total
+    );
+}
