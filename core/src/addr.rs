@@ -56,6 +56,12 @@ impl From<SocketAddr> for HostAddr {
     }
 }
 
+impl From<&HostAddr> for SocketAddr {
+    fn from(a: &HostAddr) -> Self {
+        a.addr
+    }
+}
+
 impl FromStr for HostAddr {
     type Err = ConfigError;
 

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
@@ -264,7 +265,8 @@ impl fmt::Debug for Host {
 #[derive(Default)]
 struct HostSet {
     list: Vec<Arc<HostSlot>>,
-    index: HashMap<HostAddr, usize>,
+    /// Keyed by socket address, so a lookup needs no canonical text (no allocation).
+    index: HashMap<SocketAddr, usize>,
 }
 
 impl HostSet {
@@ -272,13 +274,13 @@ impl HostSet {
         let index = list
             .iter()
             .enumerate()
-            .map(|(i, s)| (s.addr.clone(), i))
+            .map(|(i, s)| (s.addr.socket_addr(), i))
             .collect();
         HostSet { list, index }
     }
 
-    fn get(&self, addr: &HostAddr) -> Option<&Arc<HostSlot>> {
-        self.index.get(addr).map(|&i| &self.list[i])
+    fn get(&self, addr: SocketAddr) -> Option<&Arc<HostSlot>> {
+        self.index.get(&addr).map(|&i| &self.list[i])
     }
 }
 
@@ -434,7 +436,8 @@ impl Cluster {
         }
     }
 
-    /// Takes a slot on one named host.
+    /// Takes a slot on one named host (a [`HostAddr`] or a plain [`SocketAddr`], which costs no
+    /// allocation).
     ///
     /// ```
     /// # use wscap_core::{Registry, HostSpec, Rejected};
@@ -446,7 +449,7 @@ impl Cluster {
     /// assert_eq!(c.acquire_host(&addr).unwrap_err(), Rejected::NoCapacity);
     /// assert_eq!(c.acquire_host(&"10.9.9.9:80".parse().unwrap()).unwrap_err(), Rejected::UnknownHost);
     /// ```
-    pub fn acquire_host(&self, addr: &HostAddr) -> Result<Permit, Rejected> {
+    pub fn acquire_host(&self, addr: impl Into<SocketAddr>) -> Result<Permit, Rejected> {
         match self.host(addr) {
             Some(h) => h.try_acquire(),
             None => Err(Rejected::UnknownHost),
@@ -465,7 +468,8 @@ impl Cluster {
     /// let p = c.track_host(&"10.0.0.1:80".parse().unwrap()).unwrap();
     /// assert_eq!(c.host(p.host()).unwrap().active(), 1);
     /// ```
-    pub fn track_host(&self, addr: &HostAddr) -> Result<Permit, Rejected> {
+    pub fn track_host(&self, addr: impl Into<SocketAddr>) -> Result<Permit, Rejected> {
+        let addr = addr.into();
         loop {
             let Some(slot) = self.0.hosts.load().get(addr).cloned() else {
                 return Err(Rejected::UnknownHost);
@@ -492,8 +496,12 @@ impl Cluster {
     /// assert!(c.host(&"10.0.0.1:80".parse().unwrap()).is_some());
     /// assert!(c.host(&"10.0.0.2:80".parse().unwrap()).is_none());
     /// ```
-    pub fn host(&self, addr: &HostAddr) -> Option<Host> {
-        self.0.hosts.load().get(addr).map(|s| Host(Arc::clone(s)))
+    pub fn host(&self, addr: impl Into<SocketAddr>) -> Option<Host> {
+        self.0
+            .hosts
+            .load()
+            .get(addr.into())
+            .map(|s| Host(Arc::clone(s)))
     }
 
     /// Makes `hosts` the cluster's membership. Idempotent: the same call twice changes nothing.
@@ -637,7 +645,7 @@ impl Cluster {
             None => config.caps.remove(addr),
         };
         let hosts = self.0.hosts.load();
-        let slot = hosts.get(addr)?;
+        let slot = hosts.get(addr.socket_addr())?;
         Some(slot.hot.state.lower_limit(config.effective(addr)))
     }
 
@@ -959,7 +967,11 @@ impl Registry {
     /// reg.set_hosts("c", &[HostSpec::parse("10.0.0.1:80").unwrap()]).unwrap();
     /// assert!(reg.acquire_host("c", &"10.0.0.1:80".parse().unwrap()).is_ok());
     /// ```
-    pub fn acquire_host(&self, cluster: &str, addr: &HostAddr) -> Result<Permit, Rejected> {
+    pub fn acquire_host(
+        &self,
+        cluster: &str,
+        addr: impl Into<SocketAddr>,
+    ) -> Result<Permit, Rejected> {
         match self.clusters.load().get(cluster) {
             Some(c) => c.acquire_host(addr),
             None => Err(Rejected::UnknownCluster),

@@ -373,8 +373,12 @@ pub extern "C" fn wscap_acquire_host(
         let cluster = cast::try_str(cluster)?;
         let address = cast::try_str(address)?;
         let out = cast::try_out(out)?;
-        let addr: HostAddr = address.parse()?;
-        let permit = registry.acquire_host(cluster, &addr)?;
+        // A plain socket address: the lookup needs no canonical text, so nothing is allocated.
+        let addr: std::net::SocketAddr = address
+            .trim()
+            .parse()
+            .map_err(|_| wscap_result::InvalidAddress)?;
+        let permit = registry.acquire_host(cluster, addr)?;
         out.write(cast::to_boxed_ptr::<wscap_permit>(permit));
         Ok(())
     })
