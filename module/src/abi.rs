@@ -1325,7 +1325,10 @@ pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_timer_fired(
         "bootstrap_extension_timer_fired",
         || {
             cfg.state
-                .refresh(&REGISTRY.snapshot(), &EnvoyBootstrapConfig(config_envoy))
+                .refresh(&REGISTRY.snapshot(), &EnvoyBootstrapConfig(config_envoy));
+            if let Some(c) = crate::global::coordinator() {
+                cfg.state.watch_redis(&c.fleet_view());
+            }
         },
         || (),
     );

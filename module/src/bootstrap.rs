@@ -35,6 +35,8 @@ pub struct Bootstrap {
     gauges: Gauges,
     /// Last value set per `(cluster, host)`: `(active, limit)`.
     reported: Mutex<HashMap<(String, String), (u64, u64)>>,
+    /// Global mode: whether the coordinator's last round reached Redis, as last logged.
+    redis_ok: Mutex<Option<bool>>,
 }
 
 impl Bootstrap {
@@ -44,7 +46,43 @@ impl Bootstrap {
             settings,
             gauges,
             reported: Mutex::new(HashMap::new()),
+            redis_ok: Mutex::new(None),
         }
+    }
+
+    /// Global mode: logs when the coordinator loses or regains Redis (checked on every timer
+    /// tick, so a failed round is seen unless it heals within one tick). Returns the line logged.
+    pub fn watch_redis(&self, view: &FleetView) -> Option<String> {
+        let mut last = self
+            .redis_ok
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *last == Some(view.redis_ok) {
+            return None;
+        }
+        let first = last.is_none();
+        *last = Some(view.redis_ok);
+        let line = if view.redis_ok {
+            if first {
+                return None;
+            }
+            format!(
+                "wscap: global mode: redis reachable again ({} commands so far)",
+                view.redis_commands
+            )
+        } else {
+            format!(
+                "wscap: global mode: a round failed, the fail mode applies: {}",
+                view.last_error.as_deref().unwrap_or("unknown error")
+            )
+        };
+        let level = if view.redis_ok {
+            crate::Level::Info
+        } else {
+            crate::Level::Warn
+        };
+        crate::log(level, &line);
+        Some(line)
     }
 
     /// The timer period.
@@ -238,6 +276,22 @@ mod tests {
                 (2, l("10.0.0.1:80"), 0),
             ]
         );
+    }
+
+    #[test]
+    fn redis_transitions_are_logged_once() {
+        let b = Bootstrap::new(BootstrapSettings::default(), Gauges::default());
+        let mut v = FleetView {
+            redis_ok: true,
+            ..FleetView::default()
+        };
+        assert_eq!(b.watch_redis(&v), None, "a healthy start says nothing");
+        v.redis_ok = false;
+        v.last_error = Some("redis: timed out".into());
+        assert!(b.watch_redis(&v).unwrap().contains("timed out"));
+        assert_eq!(b.watch_redis(&v), None);
+        v.redis_ok = true;
+        assert!(b.watch_redis(&v).unwrap().contains("reachable again"));
     }
 
     #[test]

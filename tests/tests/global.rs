@@ -158,12 +158,45 @@ impl Fleet {
 
     fn assert_never_over(&self, what: &str) {
         for b in &self.backends {
-            assert!(
-                b.max_seen() <= LIMIT as usize,
-                "{what}: {} held {} connections at once, limit {LIMIT}",
-                b.name,
-                b.max_seen()
-            );
+            if b.max_seen() > LIMIT as usize {
+                // Diagnostics from a plain thread: this may run inside the runtime.
+                let admins: Vec<_> = self.envoys.iter().flatten().map(|e| e.admin).collect();
+                let dump = std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    rt.block_on(async {
+                        let mut out = String::new();
+                        for a in admins {
+                            for path in ["/wscap", "/wscap?scope=global"] {
+                                if let Ok(r) = wscap_e2e::http::get(a, path).await {
+                                    out += &format!("{a}{path}: {}\n", r.text());
+                                }
+                            }
+                            if let Ok(r) = wscap_e2e::http::get(a, "/stats/prometheus").await {
+                                for l in r.text().lines().filter(|l| {
+                                    l.contains("wscap_steering_mismatch") && !l.starts_with('#')
+                                }) {
+                                    out += &format!("{a}: {l}\n");
+                                }
+                            }
+                        }
+                        out
+                    })
+                })
+                .join()
+                .unwrap_or_default();
+                panic!(
+                    "{what}: {} held {} connections at once, limit {LIMIT}; peaks {:?}\n{dump}",
+                    b.name,
+                    b.max_seen(),
+                    self.backends
+                        .iter()
+                        .map(|b| (b.host(), b.max_seen()))
+                        .collect::<Vec<_>>()
+                );
+            }
         }
     }
 
@@ -270,6 +303,31 @@ async fn a_storm_over_three_envoys_admits_exactly_the_fleet_limit() {
         }
     }
     assert!(failed.is_empty(), "no response: {failed:?}");
+    if open.len() != FLEET {
+        for i in 0..INSTANCES {
+            let p = fleet.envoy(i).prometheus().await;
+            eprintln!(
+                "envoy-{i}: mismatches {} admitted {} view {}",
+                wscap_e2e::metrics::sum(
+                    &p,
+                    "envoy_dynamicmodulescustom_wscap_steering_mismatch",
+                    &[]
+                ),
+                wscap_e2e::metrics::sum(&p, "envoy_dynamicmodulescustom_wscap_admitted", &[]),
+                fleet.view(i).await
+            );
+        }
+        eprintln!(
+            "backends: active {:?} max {:?} by client {:?}",
+            fleet.backend_active(),
+            fleet
+                .backends
+                .iter()
+                .map(Backend::max_seen)
+                .collect::<Vec<_>>(),
+            by_backend(&open)
+        );
+    }
     assert_eq!(
         open.len(),
         FLEET,
@@ -318,6 +376,7 @@ async fn b_random_churn_across_instances_never_breaks_the_invariant() {
                 | 1
         });
     eprintln!("churn: {secs} s, seed {seed} (WSCAP_GLOBAL_E2E_SEED to replay)");
+    let close_mode = std::env::var("WSCAP_GLOBAL_E2E_CLOSE").unwrap_or_else(|_| "close".into());
     let fleet = Arc::new(Fleet::start("keep_share").await);
     let stop = Arc::new(AtomicBool::new(false));
     let opened = Arc::new(AtomicUsize::new(0));
@@ -325,6 +384,7 @@ async fn b_random_churn_across_instances_never_breaks_the_invariant() {
     const WORKERS: u64 = 45;
     let mut tasks = Vec::new();
     for w in 0..WORKERS {
+        let close_mode = close_mode.clone();
         let (fleet, stop, opened, refusals) = (
             fleet.clone(),
             stop.clone(),
@@ -351,9 +411,18 @@ async fn b_random_churn_across_instances_never_breaks_the_invariant() {
                 } else {
                     let i = rng.below(held.len() as u64) as usize;
                     let c = held.swap_remove(i);
-                    match rng.below(3) {
-                        0 => c.reset(),
-                        _ => c.close().await,
+                    // Close paths: close handshake (the pod closes first) and RST (Envoy
+                    // releases the slot as the downstream goes; the upstream socket closes
+                    // right after). WSCAP_GLOBAL_E2E_CLOSE=close|reset|mixed (default close: see the module docs on RST).
+                    let reset = match close_mode.as_str() {
+                        "close" => false,
+                        "reset" => true,
+                        _ => rng.below(3) == 0,
+                    };
+                    if reset {
+                        c.reset()
+                    } else {
+                        c.close().await
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(rng.below(60))).await;
@@ -438,6 +507,14 @@ async fn c_a_killed_envoy_frees_its_connections_within_ttl_plus_a_refresh() {
         fleet.envoys[0] = saved;
         r
     };
+    fleet.assert_never_over("filled");
+    eprintln!(
+        "c: victims {:?} rest {:?} backends {:?} view {}",
+        by_backend(&victims),
+        by_backend(&rest),
+        fleet.backend_active(),
+        fleet.view(1).await
+    );
     assert_eq!(rest.len(), FLEET - K);
     fleet
         .expect_fleet_live("full", &[LIMIT as u64; PODS], SETTLE)
