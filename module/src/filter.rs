@@ -567,7 +567,7 @@ mod tests {
     #[derive(Default)]
     struct FakeBorrower {
         on: bool,
-        pending: Mutex<Vec<(String, Box<dyn FnOnce(BorrowOutcome) + Send>)>>,
+        pending: Mutex<Vec<(String, crate::global::BorrowDone)>>,
     }
     impl std::fmt::Debug for FakeBorrower {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -578,7 +578,7 @@ mod tests {
         fn active(&self) -> bool {
             self.on
         }
-        fn request_borrow(&self, cluster: &str, done: Box<dyn FnOnce(BorrowOutcome) + Send>) {
+        fn request_borrow(&self, cluster: &str, done: crate::global::BorrowDone) {
             self.pending
                 .lock()
                 .unwrap()

@@ -70,13 +70,16 @@ pub fn pin_default_caps(cluster: &wscap_core::Cluster) {
     }
 }
 
+/// What a borrow calls back with its outcome (once, on any thread).
+pub type BorrowDone = Box<dyn FnOnce(BorrowOutcome) + Send>;
+
 /// Where the filter asks for more room. The module's own implementation is [`GlobalBorrower`];
 /// unit tests use fakes.
 pub trait Borrower: Send + Sync + std::fmt::Debug {
     /// Whether global mode runs (otherwise a `no_capacity` refusal is final at once).
     fn active(&self) -> bool;
     /// Asks for more room on `cluster`; `done` runs once, on any thread, with the outcome.
-    fn request_borrow(&self, cluster: &str, done: Box<dyn FnOnce(BorrowOutcome) + Send>);
+    fn request_borrow(&self, cluster: &str, done: BorrowDone);
 }
 
 /// The process's coordinator as a [`Borrower`], looked up at each call (the bootstrap extension
@@ -89,7 +92,7 @@ impl Borrower for GlobalBorrower {
         coordinator().is_some()
     }
 
-    fn request_borrow(&self, cluster: &str, done: Box<dyn FnOnce(BorrowOutcome) + Send>) {
+    fn request_borrow(&self, cluster: &str, done: BorrowDone) {
         match coordinator() {
             Some(c) => c.request_borrow(cluster, done),
             None => done(BorrowOutcome::Unavailable),
