@@ -279,3 +279,33 @@ pub fn lds_file_contents(listeners: &[ListenerSpec], version: u64) -> String {
         .collect();
     json!({"version_info": version.to_string(), "resources": res}).to_string()
 }
+
+/// Move the clusters to CDS from file `cds_file` (created by the caller with
+/// [`cds_file_contents`]). Keeps any LDS config already set.
+pub fn use_file_cds(bootstrap: &mut Value, cds_file: &Path) {
+    let dir = cds_file.parent().expect("cds file has a parent");
+    bootstrap["static_resources"]["clusters"] = json!([]);
+    if !bootstrap["dynamic_resources"].is_object() {
+        bootstrap["dynamic_resources"] = json!({});
+    }
+    bootstrap["dynamic_resources"]["cds_config"] = json!({
+        "resource_api_version": "V3",
+        "path_config_source": {
+            "path": cds_file.to_string_lossy(),
+            "watched_directory": {"path": dir.to_string_lossy()},
+        }
+    });
+}
+
+/// Contents of a file-based CDS resource file.
+pub fn cds_file_contents(clusters: &[Value], version: u64) -> String {
+    let res: Vec<Value> = clusters
+        .iter()
+        .map(|c| {
+            let mut v = c.clone();
+            v["@type"] = json!("type.googleapis.com/envoy.config.cluster.v3.Cluster");
+            v
+        })
+        .collect();
+    json!({"version_info": version.to_string(), "resources": res}).to_string()
+}

@@ -143,3 +143,97 @@ async fn lds_reload_keeps_live_counts() {
     .await;
     envoy.assert_running();
 }
+
+/// The backend cluster itself is replaced through file-based CDS (a new cluster object, a new LB
+/// policy instance): connections admitted before still count, on the same pods.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cds_cluster_update_keeps_live_counts() {
+    let pods = [Backend::start("pod-0").await, Backend::start("pod-1").await];
+    let eps: Vec<Endpoint> = pods.iter().map(|b| Endpoint::new(b.addr)).collect();
+    let dir = wscap_e2e::scratch_dir("cds");
+    let cds_dir = dir.join("cds");
+    std::fs::create_dir_all(&cds_dir).unwrap();
+    let cds = cds_dir.join("clusters.json");
+    let cluster = |timeout: &str| {
+        let mut c = config::static_cluster(CLUSTER, &eps, true);
+        c["connect_timeout"] = serde_json::json!(timeout);
+        c
+    };
+    write_atomic(&cds, &config::cds_file_contents(&[cluster("1s")], 1));
+    let l = ListenerSpec::new(
+        LISTENER,
+        CLUSTER,
+        vec![config::wscap_filter(&config::filter_config(CLUSTER, 2, 7))],
+    );
+    let mut boot = config::bootstrap(std::slice::from_ref(&l), vec![], true);
+    // The route names a cluster that only CDS provides.
+    boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        ["route_config"]["validate_clusters"] = serde_json::json!(false);
+    config::use_file_cds(&mut boot, &cds);
+    let mut envoy = Envoy::try_start_in(&dir, &boot, &Opts::with_module(wscap_e2e::concurrency()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let port = envoy.listener_port(LISTENER).await;
+    eventually("pods known", SETTLE, || async {
+        let n = metrics::hosts(&envoy.wscap().await, CLUSTER).len();
+        (n == 2).then_some(()).ok_or(format!("{n} hosts"))
+    })
+    .await;
+    let mut old = Vec::new();
+    for i in 0..3 {
+        old.push(connect(port, "/ws").await.expect_open(&format!("old {i}")));
+    }
+    let before = envoy
+        .stat("cluster_manager.cds.update_success")
+        .await
+        .unwrap_or(0);
+
+    write_atomic(&cds, &config::cds_file_contents(&[cluster("2s")], 2));
+    eventually("CDS update applied", SETTLE, || async {
+        let n = envoy
+            .stat("cluster_manager.cds.update_success")
+            .await
+            .unwrap_or(0);
+        (n > before)
+            .then_some(())
+            .ok_or(format!("update_success {n} (was {before})"))
+    })
+    .await;
+    for c in old.iter_mut() {
+        c.echo("across the cluster update")
+            .await
+            .expect("old tunnel alive");
+    }
+    let total = |doc: &serde_json::Value| -> i64 {
+        metrics::hosts(doc, CLUSTER).iter().map(|h| h.active).sum()
+    };
+    assert_eq!(total(&envoy.wscap().await), 3, "/wscap kept the count");
+    // Exactly one more fits (2 pods × 2 − 3), the next is refused.
+    let n = eventually("one more after the update", SETTLE, || async {
+        match connect(port, "/ws").await {
+            wscap_e2e::client::Outcome::Open(c) => Ok(c),
+            o => Err(format!("status {}", o.status())),
+        }
+    })
+    .await;
+    let r = connect(port, "/ws")
+        .await
+        .expect_refused("full after the update");
+    wscap_e2e::rig::assert_wscap_refusal(&r, "no_capacity");
+    let active: Vec<usize> = pods.iter().map(Backend::active).collect();
+    assert_eq!(active, vec![2, 2], "pods' own counts");
+    assert!(
+        pods.iter().all(|b| b.max_seen() <= 2),
+        "no pod over its limit"
+    );
+    n.close().await;
+    for c in old {
+        c.close().await;
+    }
+    eventually("back to 0", SETTLE, || async {
+        let t = total(&envoy.wscap().await);
+        (t == 0).then_some(()).ok_or(format!("/wscap total {t}"))
+    })
+    .await;
+    envoy.assert_running();
+}
