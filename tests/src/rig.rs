@@ -63,6 +63,7 @@ pub struct Rig {
     pub backends: Vec<Backend>,
     /// `ip:port` of the dead endpoints (nothing listens there).
     pub dead: Vec<String>,
+    _dead_sockets: Vec<tokio::net::TcpSocket>,
     /// Listener port.
     pub port: u16,
     /// Envoy.
@@ -85,11 +86,17 @@ impl Rig {
             })
             .collect();
         let mut dead = Vec::new();
+        let mut dead_sockets = Vec::new();
         for _ in 0..spec.dead_endpoints {
-            let p = crate::free_port();
-            let addr = format!("127.0.0.1:{p}").parse().expect("addr");
-            dead.push(format!("127.0.0.1:{p}"));
+            // Bound but never listening: the port stays ours (no other test can take it) and
+            // every connection to it is refused.
+            let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+            sock.bind("127.0.0.1:0".parse().expect("addr"))
+                .expect("bind dead endpoint");
+            let addr = sock.local_addr().expect("local addr");
+            dead.push(addr.to_string());
             eps.push(Endpoint::new(addr));
+            dead_sockets.push(sock);
         }
         let mut l = ListenerSpec::new(
             LISTENER,
@@ -111,6 +118,7 @@ impl Rig {
         let rig = Rig {
             backends,
             dead,
+            _dead_sockets: dead_sockets,
             port,
             envoy,
         };
