@@ -757,6 +757,101 @@ async fn f_connections_outlive_many_lease_ttls_and_stay_counted() {
     close_all(open).await;
 }
 
+// (g) ------------------------------------------------------------------------------------------
+
+/// With headroom 0 an instance holds no spare share: every admission pauses its stream, borrows,
+/// and resumes it from the scheduler. Streams whose client leaves while their borrow is in
+/// flight (Redis frozen, so the round takes an I/O timeout) are destroyed with the borrow
+/// pending: the scheduler is deleted first, Envoy keeps running, nothing leaks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g_every_admission_borrows_and_streams_may_leave_mid_borrow() {
+    use tokio::io::AsyncWriteExt;
+    let mut fleet = Fleet::start_with("keep_share", INSTANCES, 0).await;
+    let borrows = |v: &Value| v["borrows"].as_u64().unwrap_or(0);
+    let b0 = borrows(&fleet.view(0).await);
+    let mut open = Vec::new();
+    for _ in 0..LIMIT {
+        open.push(
+            connect(fleet.ports[0], "/ws")
+                .await
+                .expect_open("resumed after a borrow"),
+        );
+    }
+    let b1 = borrows(&fleet.view(0).await);
+    assert!(
+        b1 - b0 >= LIMIT as u64,
+        "{} borrows for {LIMIT} admissions: some did not pause",
+        b1 - b0
+    );
+    for c in open.iter_mut() {
+        c.echo("resumed")
+            .await
+            .expect("a resumed stream is a working tunnel");
+    }
+    close_all(open).await;
+    fleet.expect_fleet_live("closed", &[0; PODS], SETTLE).await;
+
+    let mut before = 0;
+    for i in 0..INSTANCES {
+        before += borrows(&fleet.view(i).await);
+    }
+    fleet.redis.freeze();
+    tokio::time::sleep(Duration::from_millis(2 * REFRESH_MS)).await;
+    for i in 0..30 {
+        let port = fleet.ports[i % INSTANCES];
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        s.write_all(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .expect("write");
+        tokio::time::sleep(Duration::from_millis(10 + (i as u64 % 4) * 10)).await;
+        drop(s);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fleet.redis.thaw();
+    for e in fleet.envoys.iter_mut().flatten() {
+        e.assert_running();
+        assert!(!e.log().contains("wscap: panic"), "{}", e.log());
+    }
+    assert_eq!(fleet.backend_active(), vec![0; PODS]);
+    fleet
+        .expect_fleet_live("after the abandoned borrows", &[0; PODS], SETTLE)
+        .await;
+    eventually(
+        "every abandoned stream had asked for a borrow",
+        SETTLE,
+        || async {
+            let mut after = 0;
+            for i in 0..INSTANCES {
+                after += borrows(&fleet.view(i).await);
+            }
+            (after - before >= 30).then_some(()).ok_or(format!(
+                "{} borrows for 30 abandoned streams",
+                after - before
+            ))
+        },
+    )
+    .await;
+    for i in 0..INSTANCES {
+        let doc = fleet.envoy(i).wscap().await;
+        for h in wscap_e2e::metrics::hosts(&doc, CLUSTER) {
+            assert_eq!(h.active, 0, "envoy-{i} still counts {h:?}");
+        }
+    }
+    let (open, _) = fleet.fill(FLEET + 1).await;
+    assert_eq!(
+        open.len(),
+        FLEET,
+        "the whole capacity after the abandoned borrows"
+    );
+    fleet.assert_never_over("after the abandoned borrows");
+    close_all(open).await;
+}
+
 // bad config ------------------------------------------------------------------------------------
 
 /// A bad global-mode config is refused at load, with a message that names the problem.
