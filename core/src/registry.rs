@@ -316,7 +316,9 @@ impl ClusterConfig {
         let configured = self.configured(addr);
         self.caps
             .get(addr)
-            .map_or(configured, |&cap| cap.min(configured))
+            .copied()
+            .or(self.default_cap)
+            .map_or(configured, |cap| cap.min(configured))
     }
 }
 
@@ -542,13 +544,12 @@ impl Cluster {
         let current = self.0.hosts.load_full();
         let mut change = MembershipChange::default();
         let mut list = Vec::with_capacity(wanted.len().max(current.list.len()));
+        let mut revive = Vec::new();
         for slot in &current.list {
             let state = &slot.hot.state;
             if wanted.remove(&slot.addr).is_some() {
                 if state.is_draining() {
-                    // Never removed while listed: prune runs under this same lock.
-                    state.revive();
-                    change.revived += 1;
+                    revive.push(Arc::clone(slot));
                 }
                 list.push(Arc::clone(slot));
             } else {
@@ -566,24 +567,21 @@ impl Cluster {
             }
         }
         config.overrides = overrides;
+        // Limits first, then revivals: a revived host never admits under its old limit.
         for slot in &list {
             slot.hot.state.set_limit(config.effective(&slot.addr));
         }
+        for slot in revive {
+            // Never removed while listed: prune runs under this same lock.
+            slot.hot.state.revive();
+            change.revived += 1;
+        }
         // What is left of `wanted` is new, in the caller's order.
         for h in hosts {
-            if let Some(limit) = wanted.remove(&h.addr) {
+            if wanted.remove(&h.addr).is_some() {
                 list.push(Arc::new(HostSlot {
                     hot: CachePadded::new(Hot {
-                        state: SlotState::new(
-                            limit.unwrap_or(config.default_limit).min(
-                                config
-                                    .caps
-                                    .get(&h.addr)
-                                    .copied()
-                                    .or(config.default_cap)
-                                    .unwrap_or(u32::MAX),
-                            ),
-                        ),
+                        state: SlotState::new(config.effective(&h.addr)),
                         peak: std::sync::atomic::AtomicU32::new(0),
                     }),
                     rejected: CachePadded::new(AtomicU64::new(0)),

@@ -327,3 +327,46 @@ fn exporters_follow_the_design_names_and_shape() {
         value.parse::<u64>().unwrap();
     }
 }
+
+/// A default cap (global mode: 0 until the ledger grants a share) holds through every path that
+/// recomputes a host's limit.
+#[test]
+fn a_default_cap_survives_every_limit_recomputation() {
+    let hosts = [HostSpec::parse("10.0.0.1:80").unwrap()];
+    let addr = hosts[0].addr.clone();
+    let check = |c: &wscap_core::Cluster, when: &str| {
+        assert_eq!(
+            c.acquire().unwrap_err(),
+            Rejected::NoCapacity,
+            "admitted {when}"
+        );
+        assert_eq!(c.host(&addr).unwrap().limit(), 0, "{when}");
+    };
+    let reg = Registry::new();
+    reg.set_default_cap(Some(0));
+    let c = reg.set_default_limit("pods", 10).unwrap();
+    c.set_hosts(&hosts);
+    check(&c, "after the first set_hosts");
+    c.set_hosts(&hosts);
+    check(&c, "after an idempotent set_hosts");
+    c.set_hosts(&[hosts[0].clone().with_limit(7)]);
+    check(&c, "after a per-host limit change");
+    c.set_default_limit(12).unwrap();
+    check(&c, "after set_default_limit");
+    reg.set_default_cap(Some(0));
+    check(&c, "after set_default_cap on existing hosts");
+    c.set_host_cap(&addr, Some(3));
+    assert_eq!(c.host(&addr).unwrap().limit(), 3);
+    c.set_host_cap(&addr, None);
+    check(&c, "after lifting the host's own cap");
+    c.set_hosts(&[]);
+    c.set_hosts(&hosts);
+    check(&c, "after leaving and coming back");
+    reg.set_default_cap(None);
+    assert_eq!(
+        c.host(&addr).unwrap().limit(),
+        12,
+        "the host came back without its own limit"
+    );
+    assert!(c.acquire().is_ok());
+}

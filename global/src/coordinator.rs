@@ -302,6 +302,9 @@ fn round(
             }
         }
         // Redis unreachable (or out of protocol) this round: the fail mode decides the cap.
+        // The claim may have been applied before its answer was lost: count on the smaller of
+        // the old share and what was asked (a shrink may have gone through; a grant is unknown).
+        pod.share = pod.share.min(want);
         outcome = BorrowOutcome::Unavailable;
         let cap = match config.fail_mode {
             FailMode::KeepShare if pod.lease_until.is_some_and(|t| Instant::now() < t) => pod.share,
