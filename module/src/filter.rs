@@ -199,7 +199,6 @@ impl FilterConfig {
         let cluster = registry
             .set_default_limit(&settings.cluster, settings.max_connections_per_host)
             .map_err(|e| e.to_string())?;
-        crate::global::pin_default_caps(&cluster);
         let body = |reason: &str| {
             serde_json::json!({"error": reason, "cluster": settings.cluster}).to_string()
         };

@@ -52,24 +52,6 @@ pub fn coordinator() -> Option<&'static Coordinator> {
     COORDINATOR.get().map(|(_, c)| c)
 }
 
-/// Works around a core bug (`.notes/global-findings.md` #1): recomputing a host's limit
-/// (`set_hosts` on existing hosts, `set_default_limit`) drops the default cap 0 that global mode
-/// relies on for hosts the coordinator has not capped explicitly, which would let this instance
-/// admit up to the configured limit on a pod where it holds no share. In global mode, every host
-/// whose cap reads 0 gets it as an explicit cap. Call it right after such a recomputation.
-pub fn pin_default_caps(cluster: &wscap_core::Cluster) {
-    if coordinator().is_none() {
-        return;
-    }
-    for h in cluster.snapshot().hosts {
-        if h.cap == Some(0) {
-            if let Ok(addr) = h.address.parse::<wscap_core::HostAddr>() {
-                cluster.set_host_cap(&addr, Some(0));
-            }
-        }
-    }
-}
-
 /// What a borrow calls back with its outcome (once, on any thread).
 pub type BorrowDone = Box<dyn FnOnce(BorrowOutcome) + Send>;
 

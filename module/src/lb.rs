@@ -141,7 +141,6 @@ impl Lb {
         };
         let specs = healthy_specs(view);
         let change = cluster.set_hosts(&specs);
-        crate::global::pin_default_caps(cluster);
         if change != Default::default() {
             crate::log(
                 Level::Info,
