@@ -1,0 +1,196 @@
+//! wscap-bench: wscap in the real Envoy 1.40 against Envoy alone, a Lua filter, ext_authz and
+//! circuit breakers (and wscap's global mode with Redis), measured in one run.
+//!
+//! ```text
+//! cargo build --release -p wscap-envoy
+//! cargo run --release -p wscap-bench -- [--smoke] [--out docs/BENCHMARKS.md]
+//! ```
+//!
+//! Every Envoy, Redis and backend is started by this process and killed by PID when dropped (also
+//! on panic, Ctrl-C and SIGTERM; Envoy also dies with this process through PR_SET_PDEATHSIG).
+//! Everything runs on loopback. Envoys are pinned to CPU 0, this process (load generator, backend
+//! pods, the ext_authz service) and Redis to CPU 1, when there are two CPUs.
+//!
+//! `--smoke` runs every scenario with tiny counts in a few seconds, writes no docs, and exits
+//! non-zero if any scenario failed to run. `--out FILE` replaces the section between
+//! `<!-- envoy:begin -->` and `<!-- envoy:end -->` of FILE and writes the plots to
+//! `plots/` beside it.
+
+mod alloc;
+mod authz;
+mod load;
+mod plot;
+mod report;
+mod run;
+mod scenario;
+mod sys;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[global_allocator]
+static ALLOC: alloc::Counting = alloc::Counting;
+
+/// Sizes of one run.
+#[derive(Debug, Clone)]
+pub struct Cfg {
+    /// `--smoke`.
+    pub smoke: bool,
+    /// `--out`.
+    pub out: Option<PathBuf>,
+    /// Leave out (f) (`--no-global`).
+    pub no_global: bool,
+    /// Interleaved rounds of each timed phase.
+    pub rounds: usize,
+    /// Concurrent handshake loops.
+    pub hs_conns: usize,
+    /// Length of one handshake round per setup.
+    pub hs_dur: Duration,
+    /// Open WebSockets moving frames.
+    pub msg_conns: usize,
+    /// Frames in flight per WebSocket.
+    pub msg_window: usize,
+    /// Length of one frame round per setup.
+    pub msg_dur: Duration,
+    /// Concurrent keep-alive HTTP connections.
+    pub plain_conns: usize,
+    /// Length of one plain-HTTP round per setup.
+    pub plain_dur: Duration,
+    /// Idle WebSockets held for the memory measurement.
+    pub idle: usize,
+    /// The file limit, when it forced fewer idle WebSockets than asked.
+    pub idle_limited_by: Option<u64>,
+    /// Clients in the storm.
+    pub storm_clients: usize,
+    /// Per-pod limit in the storm.
+    pub storm_limit: u32,
+    /// Pods.
+    pub pods: usize,
+    /// Upper bound on the whole run.
+    pub deadline: Duration,
+}
+
+impl Cfg {
+    fn full() -> Cfg {
+        Cfg {
+            smoke: false,
+            out: None,
+            no_global: false,
+            rounds: 3,
+            hs_conns: 16,
+            hs_dur: Duration::from_millis(1500),
+            msg_conns: 8,
+            msg_window: 16,
+            msg_dur: Duration::from_millis(1000),
+            plain_conns: 16,
+            plain_dur: Duration::from_millis(1000),
+            idle: 10_000,
+            idle_limited_by: None,
+            storm_clients: 100,
+            storm_limit: 20,
+            pods: 3,
+            deadline: Duration::from_secs(20 * 60),
+        }
+    }
+
+    fn smoke() -> Cfg {
+        Cfg {
+            smoke: true,
+            rounds: 1,
+            hs_conns: 4,
+            hs_dur: Duration::from_millis(200),
+            msg_conns: 2,
+            msg_window: 4,
+            msg_dur: Duration::from_millis(150),
+            plain_conns: 2,
+            plain_dur: Duration::from_millis(150),
+            idle: 100,
+            storm_clients: 30,
+            storm_limit: 5,
+            deadline: Duration::from_secs(180),
+            ..Cfg::full()
+        }
+    }
+}
+
+fn usage() -> ! {
+    eprintln!("usage: wscap-bench [--smoke] [--out docs/BENCHMARKS.md] [--no-global]");
+    std::process::exit(2)
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let mut smoke = false;
+    let mut out = None;
+    let mut no_global = false;
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--smoke" => smoke = true,
+            "--out" => out = Some(PathBuf::from(args.next().unwrap_or_else(|| usage()))),
+            "--no-global" => no_global = true,
+            "-h" | "--help" => usage(),
+            _ => usage(),
+        }
+    }
+    let mut cfg = if smoke { Cfg::smoke() } else { Cfg::full() };
+    cfg.out = if smoke { None } else { out };
+    cfg.no_global = no_global;
+
+    let two = sys::nproc() >= 2;
+    if two {
+        if let Err(e) = sys::pin(0, 1) {
+            eprintln!("warning: could not pin the load generator to CPU 1: {e}");
+        }
+    }
+    // Envoy holds two sockets per WebSocket (downstream and upstream), and so does this process
+    // (client and pod): stay within the file limit both inherit.
+    let nofile = sys::raise_nofile(65_536);
+    let fit = (nofile.saturating_sub(1000) / 2) as usize;
+    if fit < cfg.idle {
+        eprintln!(
+            "RLIMIT_NOFILE is {nofile} and cannot be raised (no CAP_SYS_RESOURCE): {fit} idle WebSockets instead of {}",
+            cfg.idle
+        );
+        cfg.idle_limited_by = Some(nofile);
+        cfg.idle = fit;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let local = tokio::task::LocalSet::new();
+    let code = local.block_on(&rt, async move {
+        let deadline = cfg.deadline;
+        tokio::select! {
+            r = tokio::time::timeout(deadline, run::run(cfg, two)) => match r {
+                Ok(Ok(())) => 0,
+                Ok(Err(e)) => {
+                    eprintln!("wscap-bench: FAILED: {e}");
+                    1
+                }
+                Err(_) => {
+                    eprintln!("wscap-bench: FAILED: did not finish within {deadline:?}");
+                    1
+                }
+            },
+            _ = signal() => {
+                eprintln!("wscap-bench: interrupted; killing what it started");
+                130
+            }
+        }
+    });
+    // Everything the run started was dropped (and killed by PID) when its future was.
+    drop(local);
+    drop(rt);
+    std::process::exit(code);
+}
+
+async fn signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

