@@ -25,11 +25,30 @@ pub struct Phase {
     pub lat_us: Vec<u32>,
     /// First error seen, for the report.
     pub first_error: Option<String>,
+    /// Rate of each merged round (ops/s).
+    pub rounds: Vec<f64>,
+}
+
+/// Median of `v` (NaN when empty).
+pub fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
 }
 
 impl Phase {
     /// Add another phase's results.
     pub fn merge(&mut self, o: Phase) {
+        self.rounds
+            .push(o.ops as f64 / o.elapsed.as_secs_f64().max(1e-9));
         self.ops += o.ops;
         self.errors += o.errors;
         self.elapsed += o.elapsed;
@@ -39,9 +58,14 @@ impl Phase {
         }
     }
 
-    /// Operations per second.
+    /// Operations per second: the median of the merged rounds' rates (robust to a round that
+    /// other work on the machine slowed down), or the overall rate if nothing was merged.
     pub fn rate(&self) -> f64 {
-        self.ops as f64 / self.elapsed.as_secs_f64().max(1e-9)
+        if self.rounds.is_empty() {
+            self.ops as f64 / self.elapsed.as_secs_f64().max(1e-9)
+        } else {
+            median(&self.rounds)
+        }
     }
 }
 

@@ -65,6 +65,7 @@ fn exact(run: &RunResult, r: &KindResult) -> Option<bool> {
     Some(
         s.per_pod_max.iter().all(|&m| m <= limit)
             && s.opened == cap
+            && s.second_wave_opened == cap
             && s.no_answer == 0
             && s.refused.values().sum::<usize>() == run.cfg.storm_clients - cap,
     )
@@ -144,8 +145,11 @@ pub fn markdown(run: &RunResult, plot_rel: Option<&str>) -> String {
          handshake. Frames: {mc} open WebSockets, each sending {mw} binary frames then reading their {mw} echoes, repeatedly; \
          a frame crosses Envoy twice (both body hooks). Plain HTTP: {pc} keep-alive connections sending `GET` (the pods answer \
          `connection: close`, so each request is a new upstream connection). {rounds} interleaved rounds per measure \
-         ({hs:.1} s / {ms:.1} s / {ps:.1} s per round and setup). Envoy CPU is the CPU time of the Envoy process over the \
-         handshake phase, per handshake (from /proc/PID/task/*/schedstat). Ratio = setup ÷ (a).\n",
+         ({hs:.1} s / {ms:.1} s / {ps:.1} s per round and setup, the setups' order rotated each round); every rate is the \
+         **median over the rounds**, so a round that other work on the machine slowed down does not move it. Envoy CPU is \
+         the CPU time of the Envoy process (/proc/PID/task/*/schedstat) per handshake or per echoed 64 B frame, median \
+         over the rounds: the cost inside Envoy, whichever side of the loopback is the bottleneck. p50/p99 are over all \
+         handshakes of all rounds. Ratio = setup ÷ (a).\n",
         hc = cfg.hs_conns,
         mc = cfg.msg_conns,
         mw = cfg.msg_window,
@@ -157,18 +161,18 @@ pub fn markdown(run: &RunResult, plot_rel: Option<&str>) -> String {
     );
     let _ = writeln!(
         w,
-        "| setup | handshakes/s | ratio | p50 µs | p99 µs | Envoy CPU µs/handshake | ratio | 64 B frames/s | ratio | 4 KiB frames/s | ratio | plain req/s | ratio | errors |"
+        "| setup | handshakes/s | ratio | p50 µs | p99 µs | Envoy CPU µs/handshake | ratio | 64 B frames/s | ratio | Envoy CPU µs/64 B frame | ratio | 4 KiB frames/s | ratio | plain req/s | ratio | errors |"
     );
     let _ = writeln!(
         w,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let base = get(run, Kind::Plain);
     for (k, r) in &run.kinds {
         if let Some(f) = &r.failed {
             let _ = writeln!(
                 w,
-                "| {} | failed to run: {} | | | | | | | | | | | | |",
+                "| {} | failed to run: {} | | | | | | | | | | | | | | |",
                 k.label(),
                 f.replace('|', "/")
             );
@@ -180,7 +184,7 @@ pub fn markdown(run: &RunResult, plot_rel: Option<&str>) -> String {
             r.hs.phase.errors + r.m64.phase.errors + r.m4k.phase.errors + r.plain.phase.errors;
         let _ = writeln!(
             w,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             k.label(),
             num(r.hs.phase.rate()),
             ratio(r.hs.phase.rate(), b(&|x| x.hs.phase.rate())),
@@ -190,6 +194,8 @@ pub fn markdown(run: &RunResult, plot_rel: Option<&str>) -> String {
             ratio(r.hs.cpu_us_per_op(), b(&|x| x.hs.cpu_us_per_op())),
             num(r.m64.phase.rate()),
             ratio(r.m64.phase.rate(), b(&|x| x.m64.phase.rate())),
+            format!("{:.2}", r.m64.cpu_us_per_op()),
+            ratio(r.m64.cpu_us_per_op(), b(&|x| x.m64.cpu_us_per_op())),
             num(r.m4k.phase.rate()),
             ratio(r.m4k.phase.rate(), b(&|x| x.m4k.phase.rate())),
             num(r.plain.phase.rate()),
@@ -220,7 +226,7 @@ pub fn markdown(run: &RunResult, plot_rel: Option<&str>) -> String {
         "\n### Enforcement: {} clients at once, {} pods, limit {} per pod (Envoy `--concurrency 2`)\n\n\
          Fresh pods and Envoy per setup; each client waits up to 3 s for an answer and holds what it gets. Per-pod max is \
          the most WebSockets each pod held at once, counted by the pod itself. \"Exact\" = no pod above the limit, all \
-         {} slots used, every other client refused at once. Then every first-wave client closes with a close handshake and, once the pods have seen them go, the same storm comes again: a setup that gives slots back opens as many as the first time.\n",
+         {} slots used, every other client refused at once, in both storms. Then every first-wave client closes with a close handshake and, once the pods have seen them go, the same storm comes again: a setup that gives slots back opens as many as the first time.\n",
         cfg.storm_clients,
         cfg.pods,
         cfg.storm_limit,

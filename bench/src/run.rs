@@ -20,12 +20,18 @@ pub struct Measured {
     pub phase: Phase,
     /// CPU time Envoy used meanwhile.
     pub envoy_cpu: Duration,
+    /// Envoy CPU µs per operation, per merged round.
+    pub cpu_rounds: Vec<f64>,
 }
 
 impl Measured {
-    /// Envoy CPU µs per operation.
+    /// Envoy CPU µs per operation (median over rounds).
     pub fn cpu_us_per_op(&self) -> f64 {
-        self.envoy_cpu.as_secs_f64() * 1e6 / (self.phase.ops.max(1) as f64)
+        if self.cpu_rounds.is_empty() {
+            self.envoy_cpu.as_secs_f64() * 1e6 / (self.phase.ops.max(1) as f64)
+        } else {
+            load::median(&self.cpu_rounds)
+        }
     }
 }
 
@@ -206,10 +212,12 @@ where
     Measured {
         phase,
         envoy_cpu: c1.saturating_sub(c0),
+        cpu_rounds: Vec::new(),
     }
 }
 
 fn merge(into: &mut Measured, m: Measured) {
+    into.cpu_rounds.push(m.cpu_us_per_op());
     into.phase.merge(m.phase);
     into.envoy_cpu += m.envoy_cpu;
 }
