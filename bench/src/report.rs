@@ -180,6 +180,7 @@ pub fn markdown(run: &RunResult, plot_rel: Option<&str>) -> String {
         }
         let lat = sorted(&r.hs.phase);
         let b = |f: &dyn Fn(&KindResult) -> f64| base.map_or(0.0, f);
+        let cpu64 = format!("{:.2}", r.m64.cpu_us_per_op());
         let errors =
             r.hs.phase.errors + r.m64.phase.errors + r.m4k.phase.errors + r.plain.phase.errors;
         let _ = writeln!(
@@ -194,7 +195,7 @@ pub fn markdown(run: &RunResult, plot_rel: Option<&str>) -> String {
             ratio(r.hs.cpu_us_per_op(), b(&|x| x.hs.cpu_us_per_op())),
             num(r.m64.phase.rate()),
             ratio(r.m64.phase.rate(), b(&|x| x.m64.phase.rate())),
-            format!("{:.2}", r.m64.cpu_us_per_op()),
+            cpu64,
             ratio(r.m64.cpu_us_per_op(), b(&|x| x.m64.cpu_us_per_op())),
             num(r.m4k.phase.rate()),
             ratio(r.m4k.phase.rate(), b(&|x| x.m4k.phase.rate())),
