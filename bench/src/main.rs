@@ -64,6 +64,8 @@ pub struct Cfg {
     pub storm_clients: usize,
     /// Per-pod limit in the storm.
     pub storm_limit: u32,
+    /// How long each storm client waits for an answer.
+    pub storm_wait: Duration,
     /// Pods.
     pub pods: usize,
     /// Upper bound on the whole run.
@@ -88,6 +90,7 @@ impl Cfg {
             idle_limited_by: None,
             storm_clients: 100,
             storm_limit: 20,
+            storm_wait: Duration::from_secs(3),
             pods: 3,
             deadline: Duration::from_secs(20 * 60),
         }
@@ -107,6 +110,7 @@ impl Cfg {
             idle: 100,
             storm_clients: 30,
             storm_limit: 5,
+            storm_wait: Duration::from_secs(1),
             deadline: Duration::from_secs(180),
             ..Cfg::full()
         }

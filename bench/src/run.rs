@@ -427,13 +427,10 @@ async fn storm(kind: Kind, cfg: &Cfg, pin: bool) -> Result<StormResult, String> 
     };
     let redis = (kind == Kind::Global).then(RedisServer::start);
     let setup = start(kind, &pods, &limits, 2, redis.as_ref(), pin).await?;
-    let s = load::storm(setup.port, cfg.storm_clients, Duration::from_secs(3)).await;
+    let s = load::storm(setup.port, cfg.storm_clients, cfg.storm_wait).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let per_pod_max: Vec<usize> = backends.iter().map(Backend::max_seen).collect();
-    let note = match &setup._authz {
-        Some(a) => format!("authz allowed {} of {} checks", a.allowed(), a.checks()),
-        None => String::new(),
-    };
+    let note = String::new();
     let r = StormResult {
         opened: s.opened,
         refused: s.refused.clone(),
@@ -454,9 +451,16 @@ async fn storm(kind: Kind, cfg: &Cfg, pin: bool) -> Result<StormResult, String> 
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let s2 = load::storm(setup.port, cfg.storm_clients, Duration::from_secs(3)).await;
+    let s2 = load::storm(setup.port, cfg.storm_clients, cfg.storm_wait).await;
     let mut r = r;
     r.second_wave_opened = s2.opened;
+    if let Some(a) = &setup._authz {
+        r.note = format!(
+            "the service allowed {} of {} checks over both storms",
+            a.allowed(),
+            a.checks()
+        );
+    }
     for c in s2.held {
         c.reset();
     }
