@@ -49,7 +49,8 @@ enum wscap_result
    */
   WSCAP_RESULT_INVALID_UTF8 = 2,
   /**
-   * The configuration JSON was refused; `wscap_config_error` says why.
+   * The configuration JSON was refused; `wscap_config_error` (or, for global mode,
+   * `wscap_global_config_error`) says why.
    */
   WSCAP_RESULT_INVALID_CONFIG = 3,
   /**
@@ -96,12 +97,48 @@ enum wscap_result
    * An argument is out of range (for instance an array length too large to address).
    */
   WSCAP_RESULT_INVALID_ARGUMENT = 14,
+  /**
+   * The global-mode coordinator could not start (its thread could not be spawned).
+   */
+  WSCAP_RESULT_GLOBAL_START_FAILED = 15,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
 typedef enum wscap_result wscap_result;
 #else
 typedef uint32_t wscap_result;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * What a borrow round learned, passed to a `wscap_borrow_done` callback.
+ *
+ * The values are part of the ABI: explicit, never reused.
+ */
+enum wscap_borrow_outcome
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * Some host of the cluster got more room on this instance: call `wscap_acquire` again.
+   */
+  WSCAP_BORROW_OUTCOME_GRANTED = 0,
+  /**
+   * Every host of the cluster is at its limit across the fleet (or the cluster has none).
+   */
+  WSCAP_BORROW_OUTCOME_FULL = 1,
+  /**
+   * Redis could not be reached (or the coordinator is stopping); the fail mode decides what
+   * is admitted.
+   */
+  WSCAP_BORROW_OUTCOME_UNAVAILABLE = 2,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum wscap_borrow_outcome wscap_borrow_outcome;
+#else
+typedef uint32_t wscap_borrow_outcome;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
@@ -114,6 +151,15 @@ typedef uint32_t wscap_result;
  * registry is freed.
  */
 typedef struct wscap_cluster wscap_cluster;
+
+/**
+ * Global mode running over one registry: a coordinator thread that holds this instance's share
+ * of every pod in Redis and caps the registry's hosts to it.
+ *
+ * Made by `wscap_global_start`, destroyed by `wscap_global_free`. Thread-safe: every function
+ * that takes a `const wscap_global *` may be called from any thread at the same time.
+ */
+typedef struct wscap_global wscap_global;
 
 /**
  * One admitted connection: it holds a slot on one host until `wscap_permit_release`.
@@ -130,7 +176,8 @@ typedef struct wscap_permit wscap_permit;
  *
  * Made by `wscap_registry_new`, destroyed by `wscap_registry_free`. Thread-safe: every function
  * that takes a `const wscap_registry *` may be called from any thread at the same time. Permits
- * stay valid after their registry is freed.
+ * stay valid after their registry is freed, and a `wscap_global` started over it keeps it
+ * alive until `wscap_global_free`.
  */
 typedef struct wscap_registry wscap_registry;
 
@@ -180,6 +227,15 @@ typedef struct wscap_membership_change {
    */
   size_t removed;
 } wscap_membership_change;
+
+/**
+ * The callback of `wscap_global_request_borrow`: called exactly once, on the coordinator's
+ * thread, with the caller's `user_data` and the outcome. It must return quickly and must not
+ * block (every other borrow and refresh of the instance waits for it), and must not call
+ * `wscap_global_free`. Signal your own thread or event loop and admit from there.
+ */
+typedef void (*wscap_borrow_done)(void *user_data,
+                                  wscap_borrow_outcome outcome);
 
 #ifdef __cplusplus
 extern "C" {
@@ -459,6 +515,113 @@ wscap_result wscap_export_json(const struct wscap_registry *registry,
                                char *buf,
                                size_t len,
                                size_t *out_n);
+
+/**
+ * Starts global mode over `registry`, configured by `config_json`, the same settings as the
+ * Envoy bootstrap extension's `global` object (see `docs/GLOBAL.md`):
+ * `{"redis_url":"redis://127.0.0.1:6379","instance_id":"proxy-1","lease_ttl_ms":10000,
+ * "refresh_ms":1000,"fail_mode":"keep_share","headroom":2,"restart_grace_ms":10000,
+ * "key_prefix":"wscap"}` (only `redis_url` is required; `fail_mode` `local_limit` needs
+ * `local_limit`). Every instance of the fleet must use the same Redis, key prefix and
+ * per-host limits, and its own `instance_id`.
+ *
+ * From this call on, every host of the registry (present and future) admits nothing until
+ * Redis grants this instance a share of it; the coordinator thread then raises and lowers the
+ * hosts' caps. Admission stays local (`wscap_acquire` never waits on Redis): on `NO_CAPACITY`,
+ * ask for more room with `wscap_global_request_borrow`. Redis is reached lazily: an unreachable
+ * Redis is not an error here, the fail mode applies.
+ *
+ * On success `*out` is a new handle, to be freed with `wscap_global_free`. It keeps the
+ * registry alive: `wscap_registry_free` may come before or after `wscap_global_free`. Start at
+ * most one per registry. Errors (`*out` not written): `INVALID_CONFIG` (refused settings or
+ * `redis_url`; `wscap_global_config_error` says why), `INVALID_UTF8`, `NULL_ARGUMENT`,
+ * `GLOBAL_START_FAILED` (no thread).
+ *
+ * Thread safety: any thread, concurrently with everything but `wscap_registry_free` of
+ * `registry`.
+ *
+ * Safety: `registry` is a live registry; `config_json` is a NUL-terminated string; `out` is
+ * writable.
+ */
+wscap_result wscap_global_start(const struct wscap_registry *registry,
+                                const char *config_json,
+                                struct wscap_global **out);
+
+/**
+ * Explains why `config_json` would be refused by `wscap_global_start`, e.g.
+ * `invalid global config: refresh_ms must be at least 10 and at most a third of lease_ttl_ms
+ * (900), got 500`.
+ *
+ * Writes the message into `buf` (text buffer convention, see `wscap_export_prometheus`) and
+ * returns `WSCAP_RESULT_OK`; the message is empty when the configuration is valid.
+ *
+ * Thread safety: any thread; it touches no registry and does not connect to Redis.
+ *
+ * Safety: `config_json` is a NUL-terminated string; `buf` has `len` writable bytes (or is
+ * NULL with `len` 0); `out_n` is writable.
+ */
+wscap_result wscap_global_config_error(const char *config_json,
+                                       char *buf,
+                                       size_t len,
+                                       size_t *out_n);
+
+/**
+ * Stops global mode and frees the handle. NULL is a no-op.
+ *
+ * Blocks until the coordinator thread has stopped (at most one Redis round trip, bounded by
+ * the I/O timeout of `refresh_ms / 2`). Borrow callbacks still pending are called first, with
+ * `WSCAP_BORROW_OUTCOME_UNAVAILABLE`. Shares held in Redis are not handed back: their leases
+ * expire on their own within `lease_ttl_ms`, as when the process dies. The registry keeps the
+ * caps last set (permits still held stay valid and must still be released) and is freed once
+ * both this handle and `wscap_registry_free` are done with it.
+ *
+ * Thread safety: no other call may use `global` during or after this one, and it must not be
+ * called from a `wscap_borrow_done` callback (that runs on the thread it waits for).
+ *
+ * Safety: `global` is NULL or a live handle, freed once.
+ */
+void wscap_global_free(struct wscap_global *global);
+
+/**
+ * Asks for more room on `cluster` for this instance, after `wscap_acquire` refused with
+ * `NO_CAPACITY`. Returns at once; one borrow round (one Redis round trip per host tried) runs
+ * on the coordinator thread, which then calls `done(user_data, outcome)`: exactly once, on
+ * that thread, never from inside this call. On `GRANTED`, call `wscap_acquire` again (another
+ * caller may take the room first: then borrow again); on `FULL` or `UNAVAILABLE`, refuse the
+ * connection. An unknown cluster, or one with no hosts, gives `FULL`.
+ *
+ * `done` must not block and must not call `wscap_global_free` (see `wscap_borrow_done`).
+ * `user_data` is passed through untouched (NULL allowed) and used on the coordinator thread.
+ * Errors (`done` never called): `NULL_ARGUMENT` (`global`, `cluster` or `done`),
+ * `INVALID_UTF8`.
+ *
+ * Thread safety: any thread, concurrently with everything but `wscap_global_free`.
+ *
+ * Safety: `global` is a live handle; `cluster` is a NUL-terminated string; `user_data` stays
+ * valid until `done` is called.
+ */
+wscap_result wscap_global_request_borrow(const struct wscap_global *global,
+                                         const char *cluster,
+                                         wscap_borrow_done done,
+                                         void *user_data);
+
+/**
+ * Writes the fleet as this instance last saw it (updated every `refresh_ms`) as JSON into
+ * `buf`, by the text buffer convention (see `wscap_export_prometheus`):
+ * `{"instance":"proxy-1","redis_ok":true,"redis_commands":n,"borrows":n,
+ * "pods":[{"cluster":..,"address":"ip:port","limit":n,"live":n,"shares":n,"my_share":n,
+ * "instances":[{"instance":..,"share":n,"live":n}]}]}` (`"last_error"` is present when the
+ * last round failed). `live` and `shares` are summed over the live instances.
+ *
+ * Thread safety: any thread, concurrently with everything but `wscap_global_free`.
+ *
+ * Safety: `global` is a live handle; `buf` has `len` writable bytes (or is NULL with `len` 0);
+ * `out_n` is writable.
+ */
+wscap_result wscap_global_fleet_json(const struct wscap_global *global,
+                                     char *buf,
+                                     size_t len,
+                                     size_t *out_n);
 
 #ifdef __cplusplus
 }  // extern "C"

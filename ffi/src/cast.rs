@@ -11,10 +11,14 @@
 //!
 //! Ownership is fixed by the type, never by a cast at the call site (the pattern of rustls-ffi's
 //! `Castable`): a [`BoxCastable`] type is always a `Box<RustType>` in C's hands, made by
-//! [`to_boxed_ptr`] and destroyed once by [`free_boxed`].
+//! [`to_boxed_ptr`] and destroyed once by [`free_boxed`]. A value that something else must share
+//! (the registry, which a global-mode coordinator keeps alive) is boxed as an `Arc`: its
+//! `RustType` says so (`Arc<Registry>`), and the handle is still one `Box`.
+//!
+//! C's `void *user_data` for callbacks that run on another thread crosses as a [`UserData`].
 #![allow(unsafe_code)]
 
-use std::ffi::{c_char, CStr};
+use std::ffi::{c_char, c_void, CStr};
 use std::marker::PhantomData;
 use std::ptr::NonNull;
 
@@ -62,6 +66,31 @@ pub(crate) fn free_boxed<C: BoxCastable>(ptr: *mut C) {
     //   so rebuilding the `Box` does not alias or double-free.
     drop(unsafe { Box::from_raw(ptr.cast::<C::RustType>()) });
 }
+
+/// C's opaque `void *user_data`, handed back to a C callback that runs on another thread (the
+/// global-mode coordinator's). Rust never dereferences it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UserData(*mut c_void);
+
+impl UserData {
+    /// Wraps C's pointer (NULL allowed).
+    pub(crate) fn new(ptr: *mut c_void) -> Self {
+        UserData(ptr)
+    }
+
+    /// The pointer, to pass back to C. (A method, so that a closure captures the whole
+    /// `UserData`, which is `Send`, rather than its raw-pointer field, which is not.)
+    pub(crate) fn get(self) -> *mut c_void {
+        self.0
+    }
+}
+
+// SAFETY:
+// - Rust never reads or writes through the pointer: it is only stored and passed back to the C
+//   callback it came with;
+// - the entry points that take one (`wscap_global_request_borrow`) document that the callback
+//   runs on another thread, so the C caller's contract is that `user_data` may be used there.
+unsafe impl Send for UserData {}
 
 /// A NUL-terminated C string as `&str`: NULL → `NullArgument`, not UTF-8 → `InvalidUtf8`.
 pub(crate) fn try_str<'a>(ptr: *const c_char) -> Result<&'a str, wscap_result> {

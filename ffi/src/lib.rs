@@ -14,21 +14,31 @@
 //! - handles come in `_new`/`_free` (or acquire/release) pairs; freeing NULL is a no-op;
 //! - the registry is thread-safe (`Sync`); a permit may be released from any thread, once.
 //!
+//! Global mode (one limit per pod across many proxy instances, coordinated through Redis by
+//! `wscap-global`) is in module `global`: `wscap_global_start` over a registry, borrows with a
+//! callback on the coordinator thread, and the fleet view as JSON.
+//!
 //! These functions are the C API. They are `extern "C" fn`s that trust their pointer arguments
 //! as C callers must (see each function's Safety section); Rust code should use `wscap-core`.
 //! All `unsafe` lives in one module, `cast`.
 
 use std::ffi::c_char;
+use std::sync::Arc;
 
 use wscap_core::{Cluster, HostAddr, HostSpec, Permit, Registry};
 
 mod cast;
 mod config;
 mod gate;
+mod global;
 mod result;
 
 use cast::{BoxCastable, Castable};
 use gate::gate;
+pub use global::{
+    wscap_borrow_done, wscap_borrow_outcome, wscap_global, wscap_global_config_error,
+    wscap_global_fleet_json, wscap_global_free, wscap_global_request_borrow, wscap_global_start,
+};
 pub use result::wscap_result;
 
 /// The largest limit a host or cluster default can have (2^30). Larger ones are refused with
@@ -39,14 +49,17 @@ pub const WSCAP_MAX_LIMIT: u32 = 1073741824;
 ///
 /// Made by `wscap_registry_new`, destroyed by `wscap_registry_free`. Thread-safe: every function
 /// that takes a `const wscap_registry *` may be called from any thread at the same time. Permits
-/// stay valid after their registry is freed.
+/// stay valid after their registry is freed, and a `wscap_global` started over it keeps it
+/// alive until `wscap_global_free`.
 #[allow(non_camel_case_types)]
 pub struct wscap_registry {
     _private: [u8; 0],
 }
 
+/// Shared: a global-mode coordinator (`wscap_global_start`) holds a clone, so
+/// `wscap_registry_free` and `wscap_global_free` may come in either order.
 impl Castable for wscap_registry {
-    type RustType = Registry;
+    type RustType = Arc<Registry>;
 }
 impl BoxCastable for wscap_registry {}
 
@@ -171,7 +184,7 @@ pub extern "C" fn wscap_registry_new(
         if !config_json.is_null() {
             parse_config(config_json)?.apply(&registry).map_err(bug)?;
         }
-        out.write(cast::to_boxed_ptr::<wscap_registry>(registry));
+        out.write(cast::to_boxed_ptr::<wscap_registry>(Arc::new(registry)));
         Ok(())
     })
 }

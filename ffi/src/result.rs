@@ -18,7 +18,8 @@ pub enum wscap_result {
     NullArgument = 1,
     /// A string argument is not valid UTF-8.
     InvalidUtf8 = 2,
-    /// The configuration JSON was refused; `wscap_config_error` says why.
+    /// The configuration JSON was refused; `wscap_config_error` (or, for global mode,
+    /// `wscap_global_config_error`) says why.
     InvalidConfig = 3,
     /// A host address is not `ip:port` (IPv6 as `[::1]:80`).
     InvalidAddress = 4,
@@ -42,11 +43,13 @@ pub enum wscap_result {
     LimitTooLarge = 13,
     /// An argument is out of range (for instance an array length too large to address).
     InvalidArgument = 14,
+    /// The global-mode coordinator could not start (its thread could not be spawned).
+    GlobalStartFailed = 15,
 }
 
 impl wscap_result {
     /// Every code, in value order.
-    pub(crate) const ALL: [wscap_result; 15] = [
+    pub(crate) const ALL: [wscap_result; 16] = [
         wscap_result::Ok,
         wscap_result::NullArgument,
         wscap_result::InvalidUtf8,
@@ -62,6 +65,7 @@ impl wscap_result {
         wscap_result::InvalidClusterName,
         wscap_result::LimitTooLarge,
         wscap_result::InvalidArgument,
+        wscap_result::GlobalStartFailed,
     ];
 
     /// The code for a raw value from C, if it names one.
@@ -76,7 +80,7 @@ impl wscap_result {
             wscap_result::NullArgument => c"null_argument: a required pointer argument was NULL",
             wscap_result::InvalidUtf8 => c"invalid_utf8: a string argument is not valid UTF-8",
             wscap_result::InvalidConfig => {
-                c"invalid_config: the configuration JSON was refused (wscap_config_error says why)"
+                c"invalid_config: the configuration JSON was refused (wscap_config_error or wscap_global_config_error says why)"
             }
             wscap_result::InvalidAddress => {
                 c"invalid_address: a host address is not ip:port (IPv6 as [::1]:80)"
@@ -93,6 +97,9 @@ impl wscap_result {
             wscap_result::InvalidClusterName => c"invalid_cluster_name: a cluster name is empty",
             wscap_result::LimitTooLarge => c"limit_too_large: a limit is above WSCAP_MAX_LIMIT",
             wscap_result::InvalidArgument => c"invalid_argument: an argument is out of range",
+            wscap_result::GlobalStartFailed => {
+                c"global_start_failed: the global-mode coordinator could not start"
+            }
         }
     }
 }
@@ -157,6 +164,7 @@ mod tests {
             "invalid_cluster_name",
             "limit_too_large",
             "invalid_argument",
+            "global_start_failed",
         ];
         for (r, name) in wscap_result::ALL.iter().zip(names) {
             let text = r.message().to_str().unwrap();

@@ -11,6 +11,7 @@
 //! ledger's shares sum to at most the pod's limit.
 
 use std::collections::HashMap;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -52,9 +53,13 @@ pub enum BorrowOutcome {
 
 type BorrowCallback = Box<dyn FnOnce(BorrowOutcome) + Send>;
 
+/// The registry a coordinator drives: `&'static Registry` (the Envoy module's static) or
+/// `Arc<Registry>` (the C API's, whose owner may free its handle first).
+type RegistryHandle = Box<dyn Deref<Target = Registry> + Send + Sync>;
+
 struct Shared {
     config: GlobalConfig,
-    registry: &'static Registry,
+    registry: RegistryHandle,
     requests: Mutex<Vec<(String, BorrowCallback)>>,
     wake: Condvar,
     stop: AtomicBool,
@@ -118,6 +123,16 @@ impl Coordinator {
     /// Caps every host of `registry` at 0 (nothing is admitted before the ledger grants a
     /// share) and starts the coordinator thread.
     pub fn start(config: GlobalConfig, registry: &'static Registry) -> Result<Self, LedgerError> {
+        Self::start_with(config, registry)
+    }
+
+    /// [`Coordinator::start`] over any shared handle to a registry, e.g. an `Arc<Registry>`:
+    /// the coordinator keeps the handle (so the registry lives at least as long as it) and
+    /// drops it when it stops.
+    pub fn start_with<R>(config: GlobalConfig, registry: R) -> Result<Self, LedgerError>
+    where
+        R: Deref<Target = Registry> + Send + Sync + 'static,
+    {
         config
             .validate()
             .map_err(|e| LedgerError::Redis(e.to_string()))?;
@@ -129,7 +144,7 @@ impl Coordinator {
                 ..FleetView::default()
             }),
             config,
-            registry,
+            registry: Box::new(registry),
             requests: Mutex::new(Vec::new()),
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
