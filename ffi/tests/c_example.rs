@@ -1,5 +1,6 @@
 //! Builds `examples/c/admission.c` against `include/wscap.h` and the static library, as C11 and
-//! as C++, runs it, and runs it again under valgrind when valgrind is installed.
+//! as C++, runs it, and runs it again under valgrind when valgrind is installed. Builds
+//! `examples/c/global.c` the same two ways and runs it against a real redis-server.
 //!
 //! The static library comes from the cargo invocation that built this test: `cargo test -p
 //! wscap-ffi` compiles the crate with all its crate types, so `libwscap_ffi.a` sits in
@@ -65,8 +66,13 @@ fn check(cmd: &mut Command) -> String {
     stdout
 }
 
-/// Compiles the example; `cxx` compiles it as C++ with g++.
+/// Compiles `examples/c/admission.c`; `cxx` compiles it as C++ with g++.
 fn build(name: &str, cxx: bool, defines: &[&str]) -> PathBuf {
+    build_source("admission.c", name, cxx, defines)
+}
+
+/// Compiles `examples/c/<source>` into `name`; `cxx` compiles it as C++ with g++.
+fn build_source(source: &str, name: &str, cxx: bool, defines: &[&str]) -> PathBuf {
     let repo = repo();
     let exe = out_dir().join(name);
     let mut cmd = Command::new(if cxx { "g++" } else { "gcc" });
@@ -79,7 +85,7 @@ fn build(name: &str, cxx: bool, defines: &[&str]) -> PathBuf {
         .args(defines)
         .arg("-I")
         .arg(repo.join("include"))
-        .arg(repo.join("examples/c/admission.c"))
+        .arg(repo.join("examples/c").join(source))
         .args(["-x", "none"])
         .arg(static_lib())
         .args(["-lpthread", "-ldl", "-lm", "-o"])
@@ -245,4 +251,67 @@ fn bench_example_builds_and_runs() {
         3,
         "{stdout}"
     );
+}
+
+/// A redis-server on a free loopback port, killed by PID on drop.
+struct RedisServer {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl RedisServer {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(std::env::temp_dir())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/setup installs it)");
+        let server = RedisServer { port, child };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        server
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn global_example_admits_exactly_the_fleet_limit() {
+    for (name, cxx) in [("global", false), ("global-cxx", true)] {
+        let exe = build_source("global.c", name, cxx, &[]);
+        // A fresh Redis per run: the ledger (and its restart grace) starts empty each time.
+        let redis = RedisServer::start();
+        let url = format!("redis://127.0.0.1:{}", redis.port);
+        let stdout = check(Command::new(&exe).arg(&url));
+        assert!(
+            stdout.contains("refused as expected: invalid global config: refresh_ms"),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains("admitted 6 (per host 2 2 2), then refused 4 of 4, limit violations 0"),
+            "{stdout}"
+        );
+        assert!(stdout.contains(r#""live":2"#), "{stdout}");
+        assert!(stdout.ends_with("OK\n"), "{stdout}");
+    }
 }
