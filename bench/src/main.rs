@@ -11,6 +11,9 @@
 //! Everything runs on loopback. Envoys are pinned to CPU 0, this process (load generator, backend
 //! pods, the ext_authz service) and Redis to CPU 1, when there are two CPUs.
 //!
+//! `--global` adds (f), wscap's global mode with Redis (left out by default for now: the module's
+//! global mode refused every handshake of this setup when this was written).
+//!
 //! `--smoke` runs every scenario with tiny counts in a few seconds, writes no docs, and exits
 //! non-zero if any scenario failed to run. `--out FILE` replaces the section between
 //! `<!-- envoy:begin -->` and `<!-- envoy:end -->` of FILE and writes the plots to
@@ -38,7 +41,7 @@ pub struct Cfg {
     pub smoke: bool,
     /// `--out`.
     pub out: Option<PathBuf>,
-    /// Leave out (f) (`--no-global`).
+    /// Leave out (f): the default; `--global` includes it.
     pub no_global: bool,
     /// Interleaved rounds of each timed phase.
     pub rounds: usize,
@@ -118,7 +121,7 @@ impl Cfg {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: wscap-bench [--smoke] [--out docs/BENCHMARKS.md] [--no-global]");
+    eprintln!("usage: wscap-bench [--smoke] [--out docs/BENCHMARKS.md] [--global | --no-global]");
     std::process::exit(2)
 }
 
@@ -126,12 +129,15 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let mut smoke = false;
     let mut out = None;
-    let mut no_global = false;
+    // (f) is opt-in for now: in the module at the time of writing, global mode refused every
+    // handshake of this bench's setup (503 no_capacity from the first one on).
+    let mut no_global = true;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--smoke" => smoke = true,
             "--out" => out = Some(PathBuf::from(args.next().unwrap_or_else(|| usage()))),
             "--no-global" => no_global = true,
+            "--global" => no_global = false,
             "-h" | "--help" => usage(),
             _ => usage(),
         }

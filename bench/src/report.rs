@@ -90,7 +90,13 @@ fn storm_cell(s: &crate::run::StormResult) -> String {
 }
 
 /// `git rev-parse --short HEAD` of the workspace (with `-dirty` when the tree has changes).
+///
+/// `WSCAP_BENCH_MODULE_REV` overrides it, for a module built elsewhere (e.g. from `git archive HEAD`
+/// while the work tree holds other people's changes).
 fn git_head() -> String {
+    if let Ok(rev) = std::env::var("WSCAP_BENCH_MODULE_REV") {
+        return format!("`{rev}`");
+    }
     let root = wscap_e2e::workspace_root();
     let out = |args: &[&str]| {
         std::process::Command::new("git")
@@ -213,7 +219,7 @@ pub fn markdown(run: &RunResult, plot_rel: Option<&str>) -> String {
         cfg.pods
     );
     if let Some(why) = &run.global_left_out {
-        let _ = writeln!(w, "(f) was left out of this run: {why}.\n");
+        let _ = writeln!(w, "(f) wscap global mode: {why}.\n");
     }
     let _ = writeln!(
         w,

@@ -246,7 +246,13 @@ pub async fn run(cfg: Cfg, pin: bool) -> Result<(), String> {
                 return true;
             }
             if cfg.no_global {
-                global_left_out = Some("left out with --no-global".into());
+                global_left_out = Some(
+                    "left out of this run (`--global` includes it): with the module at this commit, global mode \
+                     answered every WebSocket handshake of this setup with `503 no_capacity`, from the first one \
+                     on, so (f) could not be measured. An earlier run of this bench on a module built from the \
+                     work tree at 06:14 UTC did admit through global mode"
+                        .into(),
+                );
                 false
             } else if !have_redis {
                 global_left_out = Some("redis-server is not installed".into());
