@@ -79,7 +79,8 @@ pub struct FleetView {
     pub last_error: Option<String>,
     /// Redis commands sent so far.
     pub redis_commands: u64,
-    /// Borrow rounds run on demand so far.
+    /// Borrow requests answered so far (the requests of one cluster waiting together share
+    /// one round).
     pub borrows: u64,
     /// Per pod, sorted by cluster then address.
     pub pods: Vec<FleetPod>,
@@ -216,9 +217,24 @@ fn run(shared: &Shared, mut ledger: Ledger) {
             next_refresh = Instant::now() + shared.config.refresh();
             round(shared, &mut ledger, &mut pods, None);
         }
+        // One round per cluster for all the streams waiting on it: a burst of N paused
+        // streams asks the ledger for N more slots at once, not one at a time.
+        let mut by_cluster: Vec<(String, Vec<BorrowCallback>)> = Vec::new();
         for (cluster, done) in requests {
-            shared.borrows.fetch_add(1, Ordering::Relaxed);
-            done(round(shared, &mut ledger, &mut pods, Some(&cluster)));
+            match by_cluster.iter_mut().find(|(c, _)| *c == cluster) {
+                Some((_, waiting)) => waiting.push(done),
+                None => by_cluster.push((cluster, vec![done])),
+            }
+        }
+        for (cluster, waiting) in by_cluster {
+            shared
+                .borrows
+                .fetch_add(waiting.len() as u64, Ordering::Relaxed);
+            let wanted = u32::try_from(waiting.len()).unwrap_or(u32::MAX);
+            let outcome = round(shared, &mut ledger, &mut pods, Some((&cluster, wanted)));
+            for done in waiting {
+                done(outcome);
+            }
         }
     }
 }
@@ -229,19 +245,20 @@ fn round(
     shared: &Shared,
     ledger: &mut Ledger,
     pods: &mut HashMap<PodId, PodState>,
-    borrow: Option<&str>,
+    borrow: Option<(&str, u32)>,
 ) -> BorrowOutcome {
     let config = &shared.config;
     let snapshot = shared.registry.snapshot();
     let mut seen: Vec<PodId> = Vec::new();
     let mut failed: Option<LedgerError> = None;
     let mut outcome = BorrowOutcome::Full;
+    let mut wanted_more = borrow.map_or(0, |(_, n)| n);
 
     // For a borrow, try the pods with the most unused room in the fleet first.
     let mut work: Vec<(&str, &wscap_core::HostSnapshot)> = snapshot
         .clusters
         .iter()
-        .filter(|c| borrow.is_none_or(|b| b == c.name))
+        .filter(|c| borrow.is_none_or(|(b, _)| b == c.name))
         .flat_map(|c| c.hosts.iter().map(move |h| (c.name.as_str(), h)))
         .collect();
     if borrow.is_some() {
@@ -266,7 +283,8 @@ fn round(
         let pod = pods.entry(id.clone()).or_default();
         let draining = host.state == wscap_core::HostState::Draining;
         let live = host.active;
-        let extra = u32::from(borrow.is_some());
+        // Slots still wanted by the paused streams of a borrow round.
+        let extra = borrow.map_or(0, |_| wanted_more);
         // Spare share lets most admissions skip the round trip; none while others want more.
         let spare = if pod.in_demand { 0 } else { config.headroom };
         let desired = if draining {
@@ -275,8 +293,22 @@ fn round(
             host.limit
                 .min(live.saturating_add(spare).saturating_add(extra))
         };
-        if borrow.is_some() && (draining || desired <= pod.share) {
-            continue; // nothing to gain on this pod
+        if borrow.is_some() {
+            if draining {
+                continue;
+            }
+            // Room already here (a refresh raised the cap since the stream was refused).
+            let room = pod.cap.saturating_sub(live);
+            if room > 0 {
+                outcome = BorrowOutcome::Granted;
+                wanted_more = wanted_more.saturating_sub(room);
+                if wanted_more == 0 {
+                    break;
+                }
+            }
+            if desired <= pod.share {
+                continue; // nothing to gain on this pod
+            }
         }
 
         // Shrink locally first; the ledger never hears of a share below what is live.
@@ -293,7 +325,8 @@ fn round(
             match ledger.claim(cluster_name, &host.address, want, live, host.limit) {
                 Ok(claim) if claim.granted <= want.max(pod.share) => {
                     pod.lease_until = Some(sent + config.lease_ttl());
-                    let grew = claim.granted > pod.cap;
+                    let old_cap = pod.cap;
+                    let grew = claim.granted > old_cap;
                     pod.share = claim.granted;
                     pod.in_demand = claim.in_demand;
                     pod.parts = claim.parts;
@@ -303,7 +336,10 @@ fn round(
                     }
                     if borrow.is_some() && grew {
                         outcome = BorrowOutcome::Granted;
-                        break;
+                        wanted_more = wanted_more.saturating_sub(claim.granted - old_cap);
+                        if wanted_more == 0 {
+                            break;
+                        }
                     }
                     continue;
                 }
@@ -320,7 +356,9 @@ fn round(
         // The claim may have been applied before its answer was lost: count on the smaller of
         // the old share and what was asked (a shrink may have gone through; a grant is unknown).
         pod.share = pod.share.min(want);
-        outcome = BorrowOutcome::Unavailable;
+        if outcome != BorrowOutcome::Granted {
+            outcome = BorrowOutcome::Unavailable;
+        }
         let cap = match config.fail_mode {
             FailMode::KeepShare if pod.lease_until.is_some_and(|t| Instant::now() < t) => pod.share,
             FailMode::KeepShare | FailMode::Reject => 0,
