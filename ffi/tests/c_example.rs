@@ -253,56 +253,13 @@ fn bench_example_builds_and_runs() {
     );
 }
 
-/// A redis-server on a free loopback port, killed by PID on drop.
-struct RedisServer {
-    port: u16,
-    child: std::process::Child,
-}
-
-impl RedisServer {
-    fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(std::env::temp_dir())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (scripts/setup installs it)");
-        let server = RedisServer { port, child };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        server
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn global_example_admits_exactly_the_fleet_limit() {
     for (name, cxx) in [("global", false), ("global-cxx", true)] {
         let exe = build_source("global.c", name, cxx, &[]);
         // A fresh Redis per run: the ledger (and its restart grace) starts empty each time.
-        let redis = RedisServer::start();
-        let url = format!("redis://127.0.0.1:{}", redis.port);
-        let stdout = check(Command::new(&exe).arg(&url));
+        let redis = wscap_testkit::RedisServer::start();
+        let stdout = check(Command::new(&exe).arg(redis.url()));
         assert!(
             stdout.contains("refused as expected: invalid global config: refresh_ms"),
             "{stdout}"

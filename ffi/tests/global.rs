@@ -1,15 +1,14 @@
 //! Global mode through the C entry points, against a real redis-server (one per test, on a free
-//! loopback port, killed by PID however the test ends): two registries stand for two proxy
-//! instances sharing one Redis.
+//! loopback port, killed by PID however the test ends: `wscap_testkit::RedisServer`): two
+//! registries stand for two proxy instances sharing one Redis.
 
 use std::ffi::{c_char, c_void, CStr, CString};
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::ptr::{null, null_mut};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use wscap_ffi::*;
+use wscap_testkit::{free_port, RedisServer};
 
 type R = wscap_result;
 
@@ -18,65 +17,6 @@ const GRACE_MS: u64 = 300;
 const PODS: [&str; 3] = ["10.9.0.1:8080", "10.9.0.2:8080", "10.9.0.3:8080"];
 const REGISTRY: &str = r#"{"clusters":[{"name":"pods","max_connections_per_host":2,
     "hosts":[{"address":"10.9.0.1:8080"},{"address":"10.9.0.2:8080"},{"address":"10.9.0.3:8080"}]}]}"#;
-
-struct RedisServer {
-    port: u16,
-    child: Child,
-    dir: std::path::PathBuf,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl RedisServer {
-    fn start() -> Self {
-        let port = free_port();
-        let dir =
-            std::env::temp_dir().join(format!("wscap-ffi-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (scripts/setup installs it)");
-        let server = RedisServer { port, child, dir };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn cs(s: &str) -> CString {
     CString::new(s).unwrap()

@@ -274,7 +274,7 @@ fn redis_restart(mode: FailMode) {
         assert!((0..6).all(|i| insts[i % 3].admit().is_none()));
     }
     // Back, empty. Instances reclaim what they hold (grace), then borrow as usual.
-    redis.restart();
+    redis.restart_empty();
     assert!(
         eventually(Duration::from_secs(3), || {
             insts.iter().all(|i| i.coordinator().fleet_view().redis_ok)
@@ -319,7 +319,7 @@ fn redis_restarted_empty_local_limit() {
 
 #[test]
 fn a_frozen_redis_applies_the_fail_mode_and_recovers() {
-    let redis = RedisServer::start();
+    let mut redis = RedisServer::start();
     let fleet = Arc::new(FleetCount::default());
     let insts = instances(&redis, 2, FailMode::Reject);
     let all: Vec<&Instance> = insts.iter().collect();

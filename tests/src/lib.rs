@@ -182,8 +182,7 @@ pub fn scratch_dir(tag: &str) -> PathBuf {
 ///
 /// Prefer port 0 in Envoy's own config; use this only where the port must be known in advance.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
+    wscap_testkit::free_port()
 }
 
 /// Write `contents` to `path` atomically: a temp file in the same directory, then a rename.

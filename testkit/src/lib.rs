@@ -1,0 +1,159 @@
+//! Test support for the wscap crates; not part of any shipped library.
+//!
+//! One guard for a real `redis-server` ([`RedisServer`]), shared by the global-mode tests of
+//! `wscap-global`, `wscap-ffi` and `wscap-e2e` (and the benchmarks through `wscap-e2e`), plus
+//! the two small helpers it needs ([`free_port`], [`scratch_dir`]).
+//!
+//! The server listens on 127.0.0.1 only, persists nothing, and is only ever signalled by the
+//! PID of the child this process spawned (never by name), so tests running side by side, or
+//! other Redis servers on the machine, are left alone.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A loopback port that was free a moment ago (bind port 0, read it, release it).
+///
+/// Use only where the port must be known in advance (a server configured on the command line).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A fresh, unique, empty scratch directory under the system temp dir
+/// (`wscap-testkit-<pid>-<tag>-<n>`).
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("wscap-testkit-{}-{tag}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// A real `redis-server` child process for global-mode tests.
+///
+/// Started on a free loopback port with no persistence (`--save ""`, `--appendonly no`, its own
+/// scratch `--dir`); killed by PID when dropped (also when the test panics), and its scratch
+/// directory removed. It also produces the failures global mode must survive: kill -9
+/// ([`kill`](RedisServer::kill)), restart empty on the same port
+/// ([`restart_empty`](RedisServer::restart_empty)), SIGSTOP / SIGCONT
+/// ([`freeze`](RedisServer::freeze) / [`thaw`](RedisServer::thaw)).
+pub struct RedisServer {
+    /// Loopback port it listens on (kept across restarts).
+    pub port: u16,
+    child: Option<Child>,
+    dir: PathBuf,
+    frozen: bool,
+}
+
+impl RedisServer {
+    /// Starts `redis-server` on a free loopback port and waits until it accepts connections.
+    ///
+    /// Panics if `redis-server` is not installed or does not start within 10 s.
+    pub fn start() -> RedisServer {
+        let port = free_port();
+        let dir = scratch_dir("redis");
+        let mut r = RedisServer {
+            port,
+            child: None,
+            dir,
+            frozen: false,
+        };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/setup installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// PID of the running server (`None` after [`kill`](RedisServer::kill)).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// kill -9 by PID and reap: the server and its data are gone.
+    pub fn kill(&mut self) {
+        if self.frozen {
+            self.thaw();
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// kill -9, then a new, empty server on the same port.
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Starts a new, empty server on the same port after [`RedisServer::kill`].
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "still running");
+        self.spawn();
+    }
+
+    fn signal(&self, sig: i32) {
+        let pid = self.pid().expect("redis-server is running");
+        // SAFETY: kill(2) on the PID of our own child, which we have not reaped (it is still in
+        // `self.child`), so the PID cannot have been reused.
+        let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
+        assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+    }
+
+    /// SIGSTOP: the server holds its connections but answers nothing (a partition, as clients
+    /// see it).
+    pub fn freeze(&mut self) {
+        self.signal(libc::SIGSTOP);
+        self.frozen = true;
+    }
+
+    /// SIGCONT after [`RedisServer::freeze`].
+    pub fn thaw(&mut self) {
+        self.signal(libc::SIGCONT);
+        self.frozen = false;
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
