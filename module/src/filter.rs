@@ -26,6 +26,7 @@
 //! (Envoy's `scheduler_delete`) under the slot's lock, and the callback commits only under that
 //! lock, so the scheduler is never used after its deletion.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use wscap_core::{Cluster, HostAddr, Permit, Rejected};
@@ -172,6 +173,8 @@ pub struct FilterConfig {
     body_no_capacity: String,
     body_no_hosts: String,
     borrower: Option<Arc<dyn Borrower>>,
+    /// Set once the "no wscap LB policy on this cluster" warning was logged.
+    warned_no_policy: AtomicBool,
 }
 
 impl FilterConfig {
@@ -209,6 +212,7 @@ impl FilterConfig {
             retry_after: settings.retry_after_seconds.to_string(),
             metrics,
             borrower: None,
+            warned_no_policy: AtomicBool::new(false),
         })
     }
 
@@ -233,7 +237,7 @@ pub enum Phase {
     Admitted,
     /// Upgraded (101): the tunnel is open.
     Upgraded,
-    /// Released (non-101 answer, stream complete, or destroyed).
+    /// Released (non-101 answer, or destroyed).
     Released,
     /// Refused with a local reply.
     Refused,
@@ -388,6 +392,20 @@ impl Filter {
         if let Some(id) = cfg.metrics.rejected {
             stream.increment_counter(id, &[cfg.cluster.name(), rejected.reason()], 1);
         }
+        if rejected == Rejected::NoHosts
+            && !crate::lb::has_policy(cfg.cluster.name())
+            && !cfg.warned_no_policy.swap(true, Ordering::Relaxed)
+        {
+            crate::log(
+                Level::Warn,
+                &format!(
+                    "wscap: cluster {:?} has no wscap load_balancing_policy, so wscap knows none of \
+                     its hosts and refuses every WebSocket on it (503 no_hosts); set the \
+                     cluster's load_balancing_policy to the wscap dynamic module (logged once)",
+                    cfg.cluster.name()
+                ),
+            );
+        }
         self.refuse(stream, rejected.reason());
         HeadersStatus::StopIteration
     }
@@ -489,14 +507,42 @@ impl Filter {
         HeadersStatus::Continue
     }
 
-    /// `stream_complete`: the stream is over; release.
+    /// `stream_complete`: the stream is over, but its upstream socket may still be open, so the
+    /// permit is kept until `destroy` ([`Drop`]).
+    ///
+    /// Observed on Envoy 1.40.0 (`tests/tests/release_order.rs` reads it from the debug log):
+    /// when a client resets an upgraded stream, `stream_complete` runs *before* the router resets
+    /// its upstream request and closes the upstream socket, and the filter's `destroy` runs
+    /// *after* that.
+    /// Releasing at `stream_complete` let another worker (or, in global mode, another instance)
+    /// reach the pod while this socket was still open: limit + 1 at the pod. Released in
+    /// `destroy`, the slot is free only once the pod has been sent the FIN.
     pub fn on_stream_complete(&mut self) {
-        self.release();
+        if self.permit.is_some() && crate::log_enabled(Level::Debug) {
+            crate::log(
+                Level::Debug,
+                &format!(
+                    "wscap: cluster {}: stream complete; the slot is kept until destroy",
+                    self.config.cluster.name()
+                ),
+            );
+        }
     }
 
     /// Releases the permit if one is held. Idempotent: the second call finds nothing.
     pub fn release(&mut self) {
         if let Some(permit) = self.permit.take() {
+            if crate::log_enabled(Level::Debug) {
+                crate::log(
+                    Level::Debug,
+                    &format!(
+                        "wscap: cluster {}: released {} (was {:?})",
+                        self.config.cluster.name(),
+                        permit.host(),
+                        self.phase
+                    ),
+                );
+            }
             drop(permit);
             self.phase = Phase::Released;
         }
@@ -1016,10 +1062,10 @@ mod tests {
                         }
                     }
                     Ev::Complete => {
+                        // Not a release point: the upstream socket may still be open.
                         if let Some(fl) = filter.as_mut() {
                             fl.on_stream_complete();
                         }
-                        open = false;
                     }
                     Ev::Destroy => {
                         drop(filter.take());
@@ -1036,7 +1082,7 @@ mod tests {
     }
 
     #[test]
-    fn upgraded_stream_holds_until_complete() {
+    fn upgraded_stream_holds_until_destroy() {
         let (_reg, cfg) = setup(1, &["10.0.0.1:80"]);
         let mut f = Fake::ws();
         f.upstream = Some("10.0.0.1:80".into());
@@ -1048,7 +1094,13 @@ mod tests {
         assert_eq!(active(&cfg), 1);
         assert!(f.counters.iter().all(|c| c.0 != MISMATCH));
         filter.on_stream_complete();
-        assert_eq!(filter.phase(), Phase::Released);
+        assert_eq!(filter.phase(), Phase::Upgraded);
+        assert_eq!(
+            active(&cfg),
+            1,
+            "stream_complete comes before the upstream close"
+        );
+        drop(filter);
         assert_eq!(active(&cfg), 0);
     }
 

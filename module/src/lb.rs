@@ -8,6 +8,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{LazyLock, Mutex, PoisonError};
 
 use wscap_core::{Cluster, HostSpec, Registry, MAX_LIMIT};
 
@@ -17,6 +18,18 @@ use crate::Level;
 pub const METADATA_NAMESPACE: &str = "wscap";
 /// The endpoint metadata key read for per-host limits.
 pub const METADATA_KEY: &str = "max_connections";
+
+/// Clusters for which Envoy created a `wscap` LB instance.
+static WITH_POLICY: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(Default::default);
+
+/// Has Envoy created a `wscap` LB instance for `cluster`? Without one the module never learns
+/// the cluster's hosts, and the filter refuses every WebSocket on it with `no_hosts`.
+pub fn has_policy(cluster: &str) -> bool {
+    WITH_POLICY
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .contains(cluster)
+}
 
 /// What the LB policy reads from Envoy's view of the cluster.
 pub trait ClusterView {
@@ -114,6 +127,12 @@ impl Lb {
     /// creation is ignored; an empty set delivered by the membership hook is honoured.
     pub fn new(registry: &Registry, view: &impl ClusterView) -> Self {
         let name = view.cluster_name();
+        {
+            let mut with_policy = WITH_POLICY.lock().unwrap_or_else(PoisonError::into_inner);
+            if !with_policy.contains(&name) {
+                with_policy.insert(name.clone());
+            }
+        }
         let cluster = match registry.cluster_or_create(&name) {
             Ok(c) => Some(c),
             Err(e) => {

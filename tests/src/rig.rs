@@ -41,6 +41,8 @@ pub struct RigSpec {
     pub dead_endpoints: usize,
     /// Route `idle_timeout`.
     pub route_idle_timeout: Option<String>,
+    /// Extra Envoy command-line arguments.
+    pub envoy_args: Vec<String>,
 }
 
 impl RigSpec {
@@ -53,6 +55,7 @@ impl RigSpec {
             per_host: vec![None; pods],
             dead_endpoints: 0,
             route_idle_timeout: None,
+            envoy_args: Vec::new(),
         }
     }
 }
@@ -113,7 +116,9 @@ impl Rig {
             vec![config::static_cluster(CLUSTER, &eps, true)],
             true,
         );
-        let envoy = Envoy::start(&boot, &Opts::with_module(spec.concurrency)).await;
+        let mut opts = Opts::with_module(spec.concurrency);
+        opts.extra_args.clone_from(&spec.envoy_args);
+        let envoy = Envoy::start(&boot, &opts).await;
         let port = envoy.listener_port(LISTENER).await;
         let rig = Rig {
             backends,

@@ -135,7 +135,7 @@ async fn lds_bad_filter_config_is_rejected_and_envoy_keeps_serving() {
 
 /// A filter whose cluster has no `wscap` LB policy: the module never learns the cluster's hosts.
 /// Envoy accepts the config; every WebSocket is refused with `no_hosts` (fail closed) and never
-/// reaches the pod, while plain HTTP still passes.
+/// reaches the pod, while plain HTTP still passes; the log says why, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_without_lb_policy_fails_closed() {
     let pod = Backend::start("pod-0").await;
@@ -162,6 +162,10 @@ async fn cluster_without_lb_policy_fails_closed() {
         wscap_e2e::rig::assert_wscap_refusal(&r, "no_hosts");
     }
     assert_eq!(pod.accepted(), 0, "no WebSocket reached the pod");
+    // The operator is told why, once.
+    let log = envoy.log();
+    let warning = format!("wscap: cluster \"{CLUSTER}\" has no wscap load_balancing_policy");
+    assert_eq!(log.matches(&warning).count(), 1, "{log}");
     let r = wscap_e2e::http::get(format!("127.0.0.1:{port}").parse().unwrap(), "/plain")
         .await
         .expect("plain GET");

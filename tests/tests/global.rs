@@ -7,8 +7,8 @@
 //! restart grace 400 ms.
 //!
 //! Env: `WSCAP_GLOBAL_E2E_SECS` (churn duration, default 20), `WSCAP_GLOBAL_E2E_SEED` (replay a
-//! churn), `WSCAP_GLOBAL_E2E_CLOSE` (churn close paths: `close` (default), `reset`, `mixed`; see
-//! module/README.md on the RST path).
+//! churn), `WSCAP_GLOBAL_E2E_CLOSE` (churn close paths: `mixed` (default: a third reset), `close`,
+//! `reset`; see module/README.md on the RST path).
 //!
 //! Measurement (not an assertion), `#[ignore]`d; build the module in release first:
 //! `cargo build --release -p wscap-envoy &&
@@ -36,13 +36,15 @@ const TTL_MS: u64 = 1500;
 const REFRESH_MS: u64 = 200;
 const GRACE_MS: u64 = 400;
 const FLEET: usize = PODS * LIMIT as usize;
+/// `local_limit` under `fail_mode: local_limit`: instances × 3 = 9 stays within the limit of 10.
+const LOCAL_LIMIT: u32 = 3;
 /// How long [`Fleet::fill`] keeps trying without an admission before it concludes the fleet is
 /// full: several refresh rounds.
 const PATIENCE: Duration = Duration::from_millis(6 * REFRESH_MS);
 
 /// The bootstrap extension's config in global mode.
 fn global_config(url: &str, id: &str, fail_mode: &str, headroom: u32) -> String {
-    serde_json::json!({
+    let mut c = serde_json::json!({
         "stats_interval_ms": 100,
         "redis_url": url,
         "instance_id": id,
@@ -51,8 +53,11 @@ fn global_config(url: &str, id: &str, fail_mode: &str, headroom: u32) -> String 
         "restart_grace_ms": GRACE_MS,
         "fail_mode": fail_mode,
         "headroom": headroom,
-    })
-    .to_string()
+    });
+    if fail_mode == "local_limit" {
+        c["local_limit"] = LOCAL_LIMIT.into();
+    }
+    c.to_string()
 }
 
 /// 3 pods, a redis-server and `n` Envoys in global mode. Everything is killed by PID on drop.
@@ -381,7 +386,7 @@ async fn b_random_churn_across_instances_never_breaks_the_invariant() {
                 | 1
         });
     eprintln!("churn: {secs} s, seed {seed} (WSCAP_GLOBAL_E2E_SEED to replay)");
-    let close_mode = std::env::var("WSCAP_GLOBAL_E2E_CLOSE").unwrap_or_else(|_| "close".into());
+    let close_mode = std::env::var("WSCAP_GLOBAL_E2E_CLOSE").unwrap_or_else(|_| "mixed".into());
     let fleet = Arc::new(Fleet::start("keep_share").await);
     let stop = Arc::new(AtomicBool::new(false));
     let opened = Arc::new(AtomicUsize::new(0));
@@ -417,8 +422,8 @@ async fn b_random_churn_across_instances_never_breaks_the_invariant() {
                     let i = rng.below(held.len() as u64) as usize;
                     let c = held.swap_remove(i);
                     // Close paths: close handshake (the pod closes first) and RST (Envoy
-                    // releases the slot as the downstream goes; the upstream socket closes
-                    // right after). WSCAP_GLOBAL_E2E_CLOSE=close|reset|mixed (default close: see the module docs on RST).
+                    // closes the upstream socket, then the module releases the slot).
+                    // WSCAP_GLOBAL_E2E_CLOSE=mixed|close|reset.
                     let reset = match close_mode.as_str() {
                         "close" => false,
                         "reset" => true,
@@ -664,6 +669,87 @@ async fn d1_redis_killed_and_restarted_empty_keep_share() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn d2_redis_killed_and_restarted_empty_reject() {
     redis_restart("reject").await;
+}
+
+/// `fail_mode: local_limit`: with Redis down past every lease (when `keep_share` would admit
+/// nothing), each instance admits up to `local_limit` per pod on its own, counted from what it
+/// already holds; with `local_limit` × instances within the limit, the pods stay within it.
+/// When Redis comes back empty, the instances reclaim what they hold and the fleet reconverges
+/// to exactly the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d3_redis_killed_local_limit_admits_per_instance_and_reconverges() {
+    let mut fleet = Fleet::start("local_limit").await;
+    // One connection through each instance before the outage.
+    let mut held: Vec<(usize, WsClient)> = Vec::new();
+    for (i, port) in fleet.ports.iter().enumerate() {
+        held.push((
+            i,
+            connect(*port, "/ws").await.expect_open("before the outage"),
+        ));
+    }
+    fleet.redis.kill();
+    // Past every lease: keep_share would refuse everything from here on.
+    tokio::time::sleep(Duration::from_millis(TTL_MS + 2 * REFRESH_MS)).await;
+    for i in 0..INSTANCES {
+        let v = fleet.view(i).await;
+        assert_eq!(v["redis_ok"], false, "instance {i}: {v}");
+    }
+    // Fill through each instance alone until it refuses for a while.
+    for (i, port) in fleet.ports.clone().into_iter().enumerate() {
+        let mut last_success = Instant::now();
+        while last_success.elapsed() < PATIENCE {
+            match connect(port, "/ws").await {
+                Outcome::Open(c) => {
+                    held.push((i, c));
+                    last_success = Instant::now();
+                }
+                Outcome::Refused(r) => {
+                    assert_wscap_refusal(&r, "no_capacity");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Outcome::Failed(e) => panic!("connection failed without a response: {e}"),
+            }
+            fleet.assert_never_over("redis down, local_limit");
+        }
+    }
+    // Exactly local_limit per pod on every instance, seen by the clients (x-backend).
+    let mut per: HashMap<(usize, String), u32> = HashMap::new();
+    for (i, c) in &held {
+        *per.entry((*i, c.backend.clone())).or_insert(0) += 1;
+    }
+    for i in 0..INSTANCES {
+        for b in &fleet.backends {
+            assert_eq!(
+                per.get(&(i, b.name.clone())).copied().unwrap_or(0),
+                LOCAL_LIMIT,
+                "instance {i} on {}: {per:?}",
+                b.name
+            );
+        }
+    }
+    let during = INSTANCES * LOCAL_LIMIT as usize;
+    assert_eq!(fleet.backend_active(), vec![during; PODS]);
+    fleet.assert_never_over("redis down, local_limit");
+    eprintln!("local_limit: {during} per pod while Redis was down ({LOCAL_LIMIT} per instance)");
+
+    // Redis back, empty: what is held is reclaimed, then exactly the rest of the limit.
+    fleet.redis.start_again();
+    fleet
+        .expect_fleet_live("after redis restart", &[during as u64; PODS], SETTLE)
+        .await;
+    tokio::time::sleep(Duration::from_millis(GRACE_MS + 2 * REFRESH_MS)).await;
+    let (more, _) = fleet.fill(FLEET).await;
+    fleet.assert_never_over("after redis restart, local_limit");
+    assert_eq!(
+        held.len() + more.len(),
+        FLEET,
+        "the fleet's whole capacity, exactly, after the restart"
+    );
+    assert_eq!(fleet.backend_active(), vec![LIMIT as usize; PODS]);
+    let mut all: Vec<WsClient> = held.into_iter().map(|(_, c)| c).collect();
+    all.extend(more);
+    close_all(all).await;
+    fleet.expect_fleet_live("closed", &[0; PODS], SETTLE).await;
 }
 
 // (e) ------------------------------------------------------------------------------------------

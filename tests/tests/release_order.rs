@@ -1,0 +1,123 @@
+//! When does a slot come free, relative to Envoy closing the upstream socket?
+//!
+//! A client that resets (RST) an upgraded WebSocket ends its stream at once, and Envoy then
+//! closes the upstream socket to the pod. If the module released the slot before that close,
+//! another stream could reach the pod while the old socket is still open (limit + 1 at the pod,
+//! seen under load in the global churn test). This test reads the order from Envoy's own debug
+//! log on the real binary: on each worker thread, every "released" line of the module must come
+//! after the `closing socket` line of every upstream connection that thread opened. All of one
+//! stream's hooks and its upstream connection run on one worker, so the order in the log is
+//! the order of events.
+//!
+//! It also checks what the peers saw: after each reset, the next client gets its 101 on the
+//! freed slot (limit 1) and the pod never held two sockets whose peer was still open.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use wscap_e2e::client::Outcome;
+use wscap_e2e::rig::{Rig, RigSpec};
+
+const ROUNDS: usize = 40;
+
+/// One event in Envoy's debug log that this test orders.
+#[derive(Debug, PartialEq, Eq)]
+enum Event {
+    /// An upstream (client) connection was opened: `[C<n>] connecting to <addr>`.
+    Connect(u64),
+    /// A connection's socket was closed (downstream or upstream).
+    Close(u64),
+    /// The module released a permit.
+    Release,
+}
+
+/// `(thread, event)` for each line of interest, in log order.
+fn events(log: &str) -> Vec<(String, Event)> {
+    let conn_id = |line: &str| -> Option<u64> {
+        let (_, rest) = line.split_once("\"ConnectionId\":\"")?;
+        rest.split('"').next()?.parse().ok()
+    };
+    log.lines()
+        .filter_map(|line| {
+            // [date time][thread][level][component] ...
+            let thread = line.split(']').nth(1)?.trim_start_matches('[').to_owned();
+            let ev = if line.contains("wscap: cluster pods: released") {
+                Event::Release
+            } else if line.contains("] connecting to ") {
+                Event::Connect(conn_id(line)?)
+            } else if line.contains("] closing socket:") {
+                Event::Close(conn_id(line)?)
+            } else {
+                return None;
+            };
+            Some((thread, ev))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slot_is_released_after_the_upstream_socket_closes() {
+    let mut spec = RigSpec::new(2, 1, 1);
+    spec.envoy_args = vec![
+        "--component-log-level".into(),
+        "connection:debug,dynamic_modules:debug".into(),
+    ];
+    let rig = Rig::start(&spec).await;
+    for round in 0..ROUNDS {
+        let a = rig.connect().await.expect_open("first");
+        a.reset();
+        // The slot the reset freed comes back (a connection racing Envoy's processing of
+        // the RST may be refused first).
+        let b = wscap_e2e::eventually(
+            &format!("round {round}: a 101 on the slot the reset freed"),
+            wscap_e2e::SETTLE,
+            || async {
+                match rig.connect().await {
+                    Outcome::Open(b) => Ok(b),
+                    _ => Err("refused".to_owned()),
+                }
+            },
+        )
+        .await;
+        b.close().await;
+    }
+    assert_eq!(
+        rig.backends[0].max_seen(),
+        1,
+        "the pod held two open WebSockets on a limit of 1"
+    );
+    // The last close may still be in flight.
+    let log = wscap_e2e::eventually("every release logged", wscap_e2e::SETTLE, || async {
+        let log = rig.envoy.log();
+        let n = events(&log)
+            .iter()
+            .filter(|(_, e)| *e == Event::Release)
+            .count();
+        (n == 2 * ROUNDS)
+            .then(|| log.clone())
+            .ok_or(format!("{n} releases logged, want {}", 2 * ROUNDS))
+    })
+    .await;
+
+    let mut open: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+    let mut releases = 0;
+    for (thread, ev) in events(&log) {
+        let open = open.entry(thread.clone()).or_default();
+        match ev {
+            Event::Connect(c) => {
+                open.insert(c);
+            }
+            Event::Close(c) => {
+                open.remove(&c);
+            }
+            Event::Release => {
+                releases += 1;
+                assert!(
+                    open.is_empty(),
+                    "thread {thread}: release #{releases} while upstream connection(s) {open:?} \
+                     it opened were still open"
+                );
+            }
+        }
+    }
+    assert_eq!(releases, 2 * ROUNDS);
+}
