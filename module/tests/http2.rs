@@ -15,6 +15,7 @@ use h2::{RecvStream, SendStream};
 use http::{Method, Request};
 use serde_json::Value;
 use tokio::net::TcpStream;
+use wscap_testkit::envoy_log::check_release_after_upstream_close;
 
 async fn connect(port: u16) -> SendRequest<Bytes> {
     let tcp = TcpStream::connect(("127.0.0.1", port))
@@ -149,4 +150,48 @@ async fn extended_connect_websockets_are_capped_and_released() {
     .await;
     let (_tx, _rx) = open(&mut send, port).await.expect("room again");
     assert_eq!(active(&json().await, &addr), 1);
+}
+
+/// A client that resets (RST_STREAM) its HTTP/2 WebSocket stream while the HTTP/2 connection
+/// stays up: the slot is released only after Envoy closed the HTTP/1.1 upstream socket to the
+/// pod (order read from Envoy's debug log on the stream's worker), and it is reusable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_stream_is_released_after_the_upstream_socket_closes() {
+    const ROUNDS: usize = 10;
+    let backend = Backend::start().await;
+    let port = free_port();
+    let backends = [(backend.addr, None)];
+    let mut setup = Setup::new(port, &backends, 1);
+    setup.http2 = true;
+    let envoy = Envoy::start(
+        &setup.bootstrap(),
+        &[
+            "--component-log-level",
+            "connection:debug,dynamic_modules:debug",
+        ],
+    )
+    .await;
+    let addr = backend.addr.to_string();
+    let json =
+        || async { serde_json::from_str::<Value>(&envoy.admin_get("/wscap").await.body).unwrap() };
+    let send = connect(port).await;
+    for round in 0..ROUNDS {
+        let (mut tx, mut rx) = eventually(
+            &format!("round {round}: admitted on the freed slot"),
+            Duration::from_secs(5),
+            || async { open(&mut send.clone(), port).await.ok() },
+        )
+        .await;
+        assert_eq!(whoami(&mut tx, &mut rx).await, addr);
+        tx.send_reset(h2::Reason::CANCEL);
+        drop((tx, rx));
+    }
+    eventually("the last slot released", Duration::from_secs(5), || async {
+        (active(&json().await, &addr) == 0).then_some(())
+    })
+    .await;
+    let log = envoy.log();
+    let released = check_release_after_upstream_close(&log, "wscap: cluster pods: released")
+        .unwrap_or_else(|e| panic!("{e}\n{log}"));
+    assert!(released >= ROUNDS, "{released} releases logged");
 }

@@ -2,11 +2,14 @@
 //!
 //! One guard for a real `redis-server` ([`RedisServer`]), shared by the global-mode tests of
 //! `wscap-global`, `wscap-ffi` and `wscap-e2e` (and the benchmarks through `wscap-e2e`), plus
-//! the two small helpers it needs ([`free_port`], [`scratch_dir`]).
+//! the two small helpers it needs ([`free_port`], [`scratch_dir`]); and [`envoy_log`], which
+//! reads the order of events from Envoy's debug log.
 //!
 //! The server listens on 127.0.0.1 only, persists nothing, and is only ever signalled by the
 //! PID of the child this process spawned (never by name), so tests running side by side, or
 //! other Redis servers on the machine, are left alone.
+
+pub mod envoy_log;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

@@ -12,47 +12,13 @@
 //! It also checks what the peers saw: after each reset, the next client gets its 101 on the
 //! freed slot (limit 1) and the pod never held two sockets whose peer was still open.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use wscap_e2e::client::Outcome;
 use wscap_e2e::rig::{Rig, RigSpec};
+use wscap_testkit::envoy_log::{check_release_after_upstream_close, events, Event};
 
 const ROUNDS: usize = 40;
-
-/// One event in Envoy's debug log that this test orders.
-#[derive(Debug, PartialEq, Eq)]
-enum Event {
-    /// An upstream (client) connection was opened: `[C<n>] connecting to <addr>`.
-    Connect(u64),
-    /// A connection's socket was closed (downstream or upstream).
-    Close(u64),
-    /// The module released a permit.
-    Release,
-}
-
-/// `(thread, event)` for each line of interest, in log order.
-fn events(log: &str) -> Vec<(String, Event)> {
-    let conn_id = |line: &str| -> Option<u64> {
-        let (_, rest) = line.split_once("\"ConnectionId\":\"")?;
-        rest.split('"').next()?.parse().ok()
-    };
-    log.lines()
-        .filter_map(|line| {
-            // [date time][thread][level][component] ...
-            let thread = line.split(']').nth(1)?.trim_start_matches('[').to_owned();
-            let ev = if line.contains("wscap: cluster pods: released") {
-                Event::Release
-            } else if line.contains("] connecting to ") {
-                Event::Connect(conn_id(line)?)
-            } else if line.contains("] closing socket:") {
-                Event::Close(conn_id(line)?)
-            } else {
-                return None;
-            };
-            Some((thread, ev))
-        })
-        .collect()
-}
+/// The module's debug line for a release.
+const RELEASED: &str = "wscap: cluster pods: released";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slot_is_released_after_the_upstream_socket_closes() {
@@ -88,7 +54,7 @@ async fn slot_is_released_after_the_upstream_socket_closes() {
     // The last close may still be in flight.
     let log = wscap_e2e::eventually("every release logged", wscap_e2e::SETTLE, || async {
         let log = rig.envoy.log();
-        let n = events(&log)
+        let n = events(&log, RELEASED)
             .iter()
             .filter(|(_, e)| *e == Event::Release)
             .count();
@@ -98,26 +64,7 @@ async fn slot_is_released_after_the_upstream_socket_closes() {
     })
     .await;
 
-    let mut open: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
-    let mut releases = 0;
-    for (thread, ev) in events(&log) {
-        let open = open.entry(thread.clone()).or_default();
-        match ev {
-            Event::Connect(c) => {
-                open.insert(c);
-            }
-            Event::Close(c) => {
-                open.remove(&c);
-            }
-            Event::Release => {
-                releases += 1;
-                assert!(
-                    open.is_empty(),
-                    "thread {thread}: release #{releases} while upstream connection(s) {open:?} \
-                     it opened were still open"
-                );
-            }
-        }
-    }
+    let releases =
+        check_release_after_upstream_close(&log, RELEASED).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(releases, 2 * ROUNDS);
 }
