@@ -3,12 +3,12 @@
 //! count their own connections. Every assertion is on what real peers saw (the backends' counts
 //! and peaks, the clients' 101s and 503s) or on Envoy's admin output (`/wscap?scope=global`).
 //!
-//! Timings (all small, so the file runs in about a minute): lease ttl 1500 ms, refresh 200 ms,
+//! Timings (all small, so the file runs in about two minutes): lease ttl 1500 ms, refresh 200 ms,
 //! restart grace 400 ms.
 //!
-//! Env: `WSCAP_GLOBAL_E2E_SECS` (churn duration, default 20), `WSCAP_GLOBAL_E2E_SEED` (replay a
-//! churn), `WSCAP_GLOBAL_E2E_CLOSE` (churn close paths: `mixed` (default: a third reset), `close`,
-//! `reset`; see module/README.md on the RST path).
+//! Env: `WSCAP_GLOBAL_E2E_SECS` (churn duration, default 60), `WSCAP_GLOBAL_E2E_SEED` (replay a
+//! churn), `WSCAP_GLOBAL_E2E_CLOSE` (churn close paths: `mixed` (default: a third reset),
+//! `close`, `reset`; see module/README.md on the RST path).
 //!
 //! Measurement (not an assertion), `#[ignore]`d; build the module in release first:
 //! `cargo build --release -p wscap-envoy &&
@@ -374,7 +374,7 @@ async fn b_random_churn_across_instances_never_breaks_the_invariant() {
     let secs: u64 = std::env::var("WSCAP_GLOBAL_E2E_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(20);
+        .unwrap_or(60);
     let seed = std::env::var("WSCAP_GLOBAL_E2E_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
