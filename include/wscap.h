@@ -465,8 +465,9 @@ wscap_result wscap_permit_cluster(const struct wscap_permit *permit,
 /**
  * Releases a permit: its host's slot is free again, at once. NULL is a no-op.
  *
- * Call it exactly once per permit, on whichever close path comes first (set your pointer to
- * NULL after). Lock-free, except when it is the last connection of a draining host (which is
+ * Call it exactly once per permit (set your pointer to NULL after), once the connection to the
+ * backend is closed: released while that socket is still open, the slot can admit a new
+ * connection that reaches the backend first (limit + 1 there for a moment). Lock-free, except when it is the last connection of a draining host (which is
  * then dropped from its cluster).
  *
  * Thread safety: any thread (not necessarily the one that acquired it).
