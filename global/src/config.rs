@@ -30,8 +30,19 @@ pub enum FailMode {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GlobalConfig {
-    /// `redis://[user:password@]host:port[/db]`; `rediss://` for TLS.
+    /// `redis://[user:password@]host:port[/db]`; `rediss://` for TLS. AUTH (a password, or an
+    /// ACL user and password) goes in the URL.
     pub redis_url: String,
+    /// `rediss://` only: PEM file of the CA certificate(s) the Redis server's certificate must
+    /// chain to. Default: the system's trust store.
+    #[serde(default)]
+    pub tls_ca_file: Option<String>,
+    /// `rediss://` only: PEM client certificate for mutual TLS (with `tls_key_file`).
+    #[serde(default)]
+    pub tls_cert_file: Option<String>,
+    /// `rediss://` only: PEM private key of `tls_cert_file`.
+    #[serde(default)]
+    pub tls_key_file: Option<String>,
     /// This instance's id in the ledger; default: hostname and process id.
     #[serde(default)]
     pub instance_id: Option<String>,
@@ -115,6 +126,23 @@ impl GlobalConfig {
                 self.redis_url
             ));
         }
+        let tls_files = [
+            ("tls_ca_file", &self.tls_ca_file),
+            ("tls_cert_file", &self.tls_cert_file),
+            ("tls_key_file", &self.tls_key_file),
+        ];
+        for (field, path) in tls_files {
+            let Some(path) = path else { continue };
+            if !self.redis_url.starts_with("rediss://") {
+                return bad(format!("{field} needs a rediss:// redis_url (TLS)"));
+            }
+            if let Err(e) = std::fs::metadata(path) {
+                return bad(format!("{field} {path:?}: {e}"));
+            }
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return bad("tls_cert_file and tls_key_file go together (mutual TLS)".to_owned());
+        }
         if self.lease_ttl_ms < 100 || self.lease_ttl_ms > 3_600_000 {
             return bad(format!(
                 "lease_ttl_ms must be within 100..=3600000, got {}",
@@ -168,6 +196,9 @@ impl GlobalConfig {
     pub fn new(redis_url: &str) -> Self {
         GlobalConfig {
             redis_url: redis_url.to_owned(),
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
             instance_id: None,
             lease_ttl_ms: default_lease_ttl_ms(),
             refresh_ms: default_refresh_ms(),

@@ -62,6 +62,9 @@ impl Default for BootstrapSettings {
 /// The fields of [`GlobalConfig`], which the bootstrap config carries beside its own.
 const GLOBAL_FIELDS: &[&str] = &[
     "redis_url",
+    "tls_ca_file",
+    "tls_cert_file",
+    "tls_key_file",
     "instance_id",
     "lease_ttl_ms",
     "refresh_ms",

@@ -3,13 +3,15 @@
 //! One guard for a real `redis-server` ([`RedisServer`]), shared by the global-mode tests of
 //! `wscap-global`, `wscap-ffi` and `wscap-e2e` (and the benchmarks through `wscap-e2e`), plus
 //! the two small helpers it needs ([`free_port`], [`scratch_dir`]); and [`envoy_log`], which
-//! reads the order of events from Envoy's debug log.
+//! reads the order of events from Envoy's debug log; [`pki`], a throwaway CA with server and
+//! client certificates for TLS tests.
 //!
 //! The server listens on 127.0.0.1 only, persists nothing, and is only ever signalled by the
 //! PID of the child this process spawned (never by name), so tests running side by side, or
 //! other Redis servers on the machine, are left alone.
 
 pub mod envoy_log;
+pub mod pki;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -49,6 +51,30 @@ pub struct RedisServer {
     child: Option<Child>,
     dir: PathBuf,
     frozen: bool,
+    options: RedisOptions,
+}
+
+/// How [`RedisServer::start_with`] configures the server.
+#[derive(Debug, Clone, Default)]
+pub struct RedisOptions {
+    /// `--requirepass`: clients must AUTH (`redis://:<password>@...`).
+    pub password: Option<String>,
+    /// TLS only (`--port 0`, `--tls-port`): the server's certificate, key and the CA it trusts
+    /// for client certificates.
+    pub tls: Option<RedisTls>,
+}
+
+/// The server side of TLS for [`RedisOptions::tls`].
+#[derive(Debug, Clone)]
+pub struct RedisTls {
+    /// PEM server certificate.
+    pub cert_file: PathBuf,
+    /// PEM server key.
+    pub key_file: PathBuf,
+    /// PEM CA that client certificates must chain to.
+    pub ca_file: PathBuf,
+    /// `--tls-auth-clients yes`: a client certificate is required (mutual TLS).
+    pub require_client_cert: bool,
 }
 
 impl RedisServer {
@@ -56,6 +82,11 @@ impl RedisServer {
     ///
     /// Panics if `redis-server` is not installed or does not start within 10 s.
     pub fn start() -> RedisServer {
+        Self::start_with(RedisOptions::default())
+    }
+
+    /// Like [`start`](RedisServer::start), with a password and/or TLS.
+    pub fn start_with(options: RedisOptions) -> RedisServer {
         let port = free_port();
         let dir = scratch_dir("redis");
         let mut r = RedisServer {
@@ -63,25 +94,40 @@ impl RedisServer {
             child: None,
             dir,
             frozen: false,
+            options,
         };
         r.spawn();
         r
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+        let port = self.port.to_string();
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
-            .arg(&self.dir)
+            .arg(&self.dir);
+        match &self.options.tls {
+            None => {
+                cmd.args(["--port", &port]);
+            }
+            Some(tls) => {
+                cmd.args(["--port", "0", "--tls-port", &port])
+                    .arg("--tls-cert-file")
+                    .arg(&tls.cert_file)
+                    .arg("--tls-key-file")
+                    .arg(&tls.key_file)
+                    .arg("--tls-ca-cert-file")
+                    .arg(&tls.ca_file)
+                    .args([
+                        "--tls-auth-clients",
+                        if tls.require_client_cert { "yes" } else { "no" },
+                    ]);
+            }
+        }
+        if let Some(pw) = &self.options.password {
+            cmd.args(["--requirepass", pw]);
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -99,9 +145,20 @@ impl RedisServer {
         }
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// `redis://127.0.0.1:<port>` (`rediss://` with TLS), without credentials.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.options.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// [`url`](RedisServer::url) with `user:password@` (an empty user is the default user).
+    pub fn url_with_auth(&self, user: &str, password: &str) -> String {
+        self.url()
+            .replacen("://", &format!("://{user}:{password}@"), 1)
     }
 
     /// PID of the running server (`None` after [`kill`](RedisServer::kill)).

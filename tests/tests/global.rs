@@ -28,6 +28,8 @@ use wscap_e2e::envoy::{Envoy, Opts};
 use wscap_e2e::redis::RedisServer;
 use wscap_e2e::rig::{assert_wscap_refusal, CLUSTER, LISTENER, RETRY_AFTER};
 use wscap_e2e::{eventually, SETTLE};
+use wscap_testkit::pki::TestPki;
+use wscap_testkit::RedisOptions;
 
 const LIMIT: u32 = 10;
 const PODS: usize = 3;
@@ -43,7 +45,13 @@ const LOCAL_LIMIT: u32 = 3;
 const PATIENCE: Duration = Duration::from_millis(6 * REFRESH_MS);
 
 /// The bootstrap extension's config in global mode.
-fn global_config(url: &str, id: &str, fail_mode: &str, headroom: u32) -> String {
+fn global_config(
+    url: &str,
+    id: &str,
+    fail_mode: &str,
+    headroom: u32,
+    tls: Option<&TestPki>,
+) -> String {
     let mut c = serde_json::json!({
         "stats_interval_ms": 100,
         "redis_url": url,
@@ -57,8 +65,25 @@ fn global_config(url: &str, id: &str, fail_mode: &str, headroom: u32) -> String 
     if fail_mode == "local_limit" {
         c["local_limit"] = LOCAL_LIMIT.into();
     }
+    if let Some(pki) = tls {
+        c["tls_ca_file"] = pki.ca_file.display().to_string().into();
+        c["tls_cert_file"] = pki.client_cert_file.display().to_string().into();
+        c["tls_key_file"] = pki.client_key_file.display().to_string().into();
+    }
     c.to_string()
 }
+
+/// How the fleet reaches its Redis.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Link {
+    /// `redis://`, no password.
+    Plain,
+    /// `rediss://` with a client certificate (the server requires one) and a password.
+    Secure,
+}
+
+/// The password of [`Link::Secure`].
+const REDIS_PASSWORD: &str = "fleet-s3cret";
 
 /// 3 pods, a redis-server and `n` Envoys in global mode. Everything is killed by PID on drop.
 struct Fleet {
@@ -74,7 +99,26 @@ impl Fleet {
     }
 
     async fn start_with(fail_mode: &str, n: usize, headroom: u32) -> Fleet {
-        let redis = RedisServer::start();
+        Self::start_link(fail_mode, n, headroom, Link::Plain).await
+    }
+
+    async fn start_link(fail_mode: &str, n: usize, headroom: u32, link: Link) -> Fleet {
+        let (redis, url, pki) = match link {
+            Link::Plain => {
+                let redis = RedisServer::start();
+                let url = redis.url();
+                (redis, url, None)
+            }
+            Link::Secure => {
+                let pki = TestPki::generate(&wscap_e2e::scratch_dir("pki"));
+                let redis = RedisServer::start_with(RedisOptions {
+                    password: Some(REDIS_PASSWORD.to_owned()),
+                    tls: Some(pki.redis_tls(true)),
+                });
+                let url = redis.url_with_auth("", REDIS_PASSWORD);
+                (redis, url, Some(pki))
+            }
+        };
         let mut backends = Vec::new();
         for i in 0..PODS {
             backends.push(Backend::start(&format!("pod-{i}")).await);
@@ -98,7 +142,14 @@ impl Fleet {
                 true,
             );
             boot["bootstrap_extensions"][0]["typed_config"]["extension_config"]["value"] =
-                global_config(&redis.url(), &format!("envoy-{i}"), fail_mode, headroom).into();
+                global_config(
+                    &url,
+                    &format!("envoy-{i}"),
+                    fail_mode,
+                    headroom,
+                    pki.as_ref(),
+                )
+                .into();
             let envoy = Envoy::start(&boot, &Opts::with_module(2)).await;
             ports.push(envoy.listener_port(LISTENER).await);
             envoys.push(Some(envoy));
@@ -752,6 +803,25 @@ async fn d3_redis_killed_local_limit_admits_per_instance_and_reconverges() {
     fleet.expect_fleet_live("closed", &[0; PODS], SETTLE).await;
 }
 
+/// TLS and AUTH through the URL: Redis requires TLS with a client certificate and a password;
+/// the Envoys' bootstrap config gives `rediss://:<password>@...` and the three TLS files. The
+/// fleet is exactly as exact as over plain TCP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d4_tls_and_auth_through_the_url() {
+    let fleet = Fleet::start_link("keep_share", 2, 2, Link::Secure).await;
+    let v = fleet.view(0).await;
+    assert_eq!(v["redis_ok"], true, "{v}");
+    let (open, _) = fleet.fill(FLEET + 5).await;
+    assert_eq!(open.len(), FLEET, "exactly the fleet's capacity over TLS");
+    fleet.assert_never_over("tls");
+    assert_eq!(fleet.backend_active(), vec![LIMIT as usize; PODS]);
+    fleet
+        .expect_fleet_live("tls", &[LIMIT as u64; PODS], SETTLE)
+        .await;
+    close_all(open).await;
+    fleet.expect_fleet_live("closed", &[0; PODS], SETTLE).await;
+}
+
 // (e) ------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -947,7 +1017,24 @@ async fn g_every_admission_borrows_and_streams_may_leave_mid_borrow() {
 /// A bad global-mode config is refused at load, with a message that names the problem.
 #[test]
 fn bad_global_config_is_refused_at_load() {
+    let dir = wscap_e2e::scratch_dir("bad-tls");
+    let garbage = dir.join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").expect("write");
+    let missing_ca = format!(
+        r#"{{"redis_url":"rediss://127.0.0.1:1","tls_ca_file":"{}"}}"#,
+        dir.join("missing.pem").display()
+    );
+    let garbage_ca = format!(
+        r#"{{"redis_url":"rediss://127.0.0.1:1","tls_ca_file":"{}"}}"#,
+        garbage.display()
+    );
     let cases = [
+        (missing_ca.as_str(), "tls_ca_file"),
+        (garbage_ca.as_str(), "no PEM certificate"),
+        (
+            r#"{"redis_url":"redis://127.0.0.1:1","tls_ca_file":"/etc/hostname"}"#,
+            "tls_ca_file needs a rediss:// redis_url",
+        ),
         (
             r#"{"redis_url":"redis://127.0.0.1:1","lease_ttl_ms":1000,"refresh_ms":900}"#,
             "refresh_ms must be at least 10 and at most a third of lease_ttl_ms",
