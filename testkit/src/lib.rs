@@ -62,6 +62,8 @@ pub struct RedisOptions {
     /// TLS only (`--port 0`, `--tls-port`): the server's certificate, key and the CA it trusts
     /// for client certificates.
     pub tls: Option<RedisTls>,
+    /// More `redis-server` arguments (e.g. `--user ...` ACL rules).
+    pub extra_args: Vec<String>,
 }
 
 /// The server side of TLS for [`RedisOptions::tls`].
@@ -127,6 +129,7 @@ impl RedisServer {
         if let Some(pw) = &self.options.password {
             cmd.args(["--requirepass", pw]);
         }
+        cmd.args(&self.options.extra_args);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -114,6 +114,7 @@ impl Fleet {
                 let redis = RedisServer::start_with(RedisOptions {
                     password: Some(REDIS_PASSWORD.to_owned()),
                     tls: Some(pki.redis_tls(true)),
+                    extra_args: Vec::new(),
                 });
                 let url = redis.url_with_auth("", REDIS_PASSWORD);
                 (redis, url, Some(pki))
