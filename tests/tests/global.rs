@@ -1216,10 +1216,95 @@ async fn global_latency() {
     }
     drop(local);
 
+    let plain = global_phases(Link::Plain, n).await;
+    let tls = global_phases(Link::Secure, n).await;
+    let GlobalPhases {
+        mut t_share,
+        mut t_borrow,
+        idle_rate,
+        c0,
+        c1,
+        c2,
+        b0,
+        b1,
+        share_secs,
+        borrow_secs,
+        borrow_admitted,
+    } = plain;
+    let (mut tls_share, mut tls_borrow) = (tls.t_share, tls.t_borrow);
+    tls_share.sort();
+    tls_borrow.sort();
+    t_local.sort();
+    t_share.sort();
+    t_borrow.sort();
+    println!(
+        "WebSocket handshake latency through Envoy 1.40 (--concurrency 2), test built {}:",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+    );
+    println!("  {:<34} {:>6} {:>10} {:>10}", "", "n", "p50 µs", "p99 µs");
+    for (name, t) in [
+        ("local mode", &t_local),
+        ("global, share suffices", &t_share),
+        ("global, borrow needed", &t_borrow),
+        ("global over TLS, share suffices", &tls_share),
+        ("global over TLS, borrow needed", &tls_borrow),
+    ] {
+        if t.is_empty() {
+            println!("  {name:<34} {:>6}", 0);
+            continue;
+        }
+        println!(
+            "  {:<34} {:>6} {:>10.1} {:>10.1}",
+            name,
+            t.len(),
+            us(percentile(t, 0.5)),
+            us(percentile(t, 0.99))
+        );
+    }
+    let per = |cmds: u64, secs: f64, admitted: usize| {
+        (cmds as f64 - idle_rate * secs).max(0.0) / admitted as f64
+    };
+    println!(
+        "  redis commands: idle {idle_rate:.1}/s (refresh {REFRESH_MS} ms, {PODS} pods); share phase {} in {share_secs:.2} s for {n} admitted; borrow phase {} in {borrow_secs:.2} s for {borrow_admitted} admitted with {} borrows",
+        c1 - c0,
+        c2 - c1,
+        b1 - b0
+    );
+    println!(
+        "  redis commands per admitted connection beyond the idle refresh: share phase {:.2}, borrow phase {:.2} ({:.2} per borrow); raw, refresh included: {:.2}",
+        per(c1 - c0, share_secs, n),
+        per(c2 - c1, borrow_secs, borrow_admitted),
+        per(c2 - c1, borrow_secs, (b1 - b0).max(1) as usize),
+        (c2 - c0) as f64 / (n + borrow_admitted) as f64
+    );
+}
+
+/// What [`global_phases`] measured on one fleet.
+struct GlobalPhases {
+    t_share: Vec<Duration>,
+    t_borrow: Vec<Duration>,
+    idle_rate: f64,
+    c0: u64,
+    c1: u64,
+    c2: u64,
+    b0: u64,
+    b1: u64,
+    share_secs: f64,
+    borrow_secs: f64,
+    borrow_admitted: usize,
+}
+
+/// The global-mode phases of [`global_latency`] on a one-instance fleet reaching Redis over
+/// `link`.
+async fn global_phases(link: Link, n: usize) -> GlobalPhases {
     // Global mode, one instance (so the fleet's commands are this instance's), headroom 2:
     // a handshake while fewer than `headroom` are open uses the held share; opening past it
     // needs a borrow round.
-    let fleet = Fleet::start_with("keep_share", 1, 2).await;
+    let fleet = Fleet::start_link("keep_share", 1, 2, link).await;
     let port = fleet.ports[0];
     let counters = |v: &Value| {
         (
@@ -1270,49 +1355,17 @@ async fn global_latency() {
     let borrow_secs = borrow_start.elapsed().as_secs_f64();
     let (c2, b1) = counters(&fleet.view(0).await);
     let borrow_admitted = rounds * FLEET;
-    t_local.sort();
-    t_share.sort();
-    t_borrow.sort();
-    println!(
-        "WebSocket handshake latency through Envoy 1.40 (--concurrency 2), test built {}:",
-        if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        }
-    );
-    println!("  {:<34} {:>6} {:>10} {:>10}", "", "n", "p50 µs", "p99 µs");
-    for (name, t) in [
-        ("local mode", &t_local),
-        ("global, share suffices", &t_share),
-        ("global, borrow needed", &t_borrow),
-    ] {
-        if t.is_empty() {
-            println!("  {name:<34} {:>6}", 0);
-            continue;
-        }
-        println!(
-            "  {:<34} {:>6} {:>10.1} {:>10.1}",
-            name,
-            t.len(),
-            us(percentile(t, 0.5)),
-            us(percentile(t, 0.99))
-        );
+    GlobalPhases {
+        t_share,
+        t_borrow,
+        idle_rate,
+        c0,
+        c1,
+        c2,
+        b0,
+        b1,
+        share_secs,
+        borrow_secs,
+        borrow_admitted,
     }
-    let per = |cmds: u64, secs: f64, admitted: usize| {
-        (cmds as f64 - idle_rate * secs).max(0.0) / admitted as f64
-    };
-    println!(
-        "  redis commands: idle {idle_rate:.1}/s (refresh {REFRESH_MS} ms, {PODS} pods); share phase {} in {share_secs:.2} s for {n} admitted; borrow phase {} in {borrow_secs:.2} s for {borrow_admitted} admitted with {} borrows",
-        c1 - c0,
-        c2 - c1,
-        b1 - b0
-    );
-    println!(
-        "  redis commands per admitted connection beyond the idle refresh: share phase {:.2}, borrow phase {:.2} ({:.2} per borrow); raw, refresh included: {:.2}",
-        per(c1 - c0, share_secs, n),
-        per(c2 - c1, borrow_secs, borrow_admitted),
-        per(c2 - c1, borrow_secs, (b1 - b0).max(1) as usize),
-        (c2 - c0) as f64 / (n + borrow_admitted) as f64
-    );
 }
