@@ -296,6 +296,47 @@ impl Fleet {
         (open, refused)
     }
 
+    /// Live connections per pod (in backend order) as the ledger in Redis holds them: the sum
+    /// of every instance's `l:<id>` field of the pod's hash. `None` while Redis is unreachable.
+    fn ledger_live(&self) -> Option<Vec<u64>> {
+        let client = redis::Client::open(self.redis.url()).ok()?;
+        let mut conn = client
+            .get_connection_with_timeout(Duration::from_millis(200))
+            .ok()?;
+        self.backends
+            .iter()
+            .map(|b| {
+                let key = format!("wscap:{{{CLUSTER}/{}}}", b.host());
+                let fields: HashMap<String, String> =
+                    redis::cmd("HGETALL").arg(&key).query(&mut conn).ok()?;
+                Some(
+                    fields
+                        .iter()
+                        .filter(|(k, _)| k.starts_with("l:"))
+                        .filter_map(|(_, v)| v.parse::<u64>().ok())
+                        .sum(),
+                )
+            })
+            .collect()
+    }
+
+    /// After Redis came back empty: how long until the ledger holds `expected` per pod, i.e.
+    /// until every instance has written its absolute counts again.
+    async fn ledger_reconverged(&self, expected: &[u64]) -> Duration {
+        let t0 = Instant::now();
+        loop {
+            if self.ledger_live().as_deref() == Some(expected) {
+                return t0.elapsed();
+            }
+            assert!(
+                t0.elapsed() < SETTLE,
+                "the ledger never reconverged: {:?}, want {expected:?}",
+                self.ledger_live()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Waits until every live instance's fleet view says `expected` per pod.
     async fn expect_fleet_live(&self, what: &str, expected: &[u64], within: Duration) {
         for i in 0..self.envoys.len() {
@@ -696,6 +737,12 @@ async fn redis_restart(fail_mode: &str) {
         .iter()
         .map(|b| per.get(&b.name).copied().unwrap_or(0) as u64)
         .collect();
+    let took = fleet.ledger_reconverged(&want).await;
+    eprintln!("{fail_mode}: the ledger held the exact live counts {took:?} after Redis came back (refresh {REFRESH_MS} ms)");
+    assert!(
+        took < Duration::from_millis(TTL_MS),
+        "reconverged only after {took:?}"
+    );
     fleet
         .expect_fleet_live("after redis restart", &want, SETTLE)
         .await;
@@ -786,6 +833,12 @@ async fn d3_redis_killed_local_limit_admits_per_instance_and_reconverges() {
 
     // Redis back, empty: what is held is reclaimed, then exactly the rest of the limit.
     fleet.redis.start_again();
+    let took = fleet.ledger_reconverged(&[during as u64; PODS]).await;
+    eprintln!("local_limit: the ledger held the exact live counts {took:?} after Redis came back (refresh {REFRESH_MS} ms)");
+    assert!(
+        took < Duration::from_millis(TTL_MS),
+        "reconverged only after {took:?}"
+    );
     fleet
         .expect_fleet_live("after redis restart", &[during as u64; PODS], SETTLE)
         .await;
