@@ -35,6 +35,19 @@ fn tls_config(url: &str, id: &str, pki: &TestPki) -> GlobalConfig {
     c
 }
 
+/// Waits until every instance reached Redis and sees the 3 pods, then out the restart grace.
+fn wait_ready(insts: &[Instance]) {
+    assert!(
+        eventually(Duration::from_secs(5), || insts.iter().all(|i| {
+            let v = i.coordinator().fleet_view();
+            v.redis_ok && v.pods.len() == 3
+        })),
+        "{:?}",
+        insts[0].coordinator().fleet_view()
+    );
+    std::thread::sleep(Duration::from_millis(GRACE_MS + 200));
+}
+
 /// Admits on `insts` round robin until nothing more comes for a while.
 fn fill(insts: &[Instance]) -> Vec<wscap_core::Permit> {
     let mut held = Vec::new();
@@ -66,15 +79,7 @@ fn mutual_tls_and_a_password_admit_exactly_the_fleet_limit() {
     let insts: Vec<Instance> = (0..2)
         .map(|i| Instance::start(tls_config(&url, &format!("tls-{i}"), &pki), LIMIT))
         .collect();
-    assert!(
-        eventually(Duration::from_secs(5), || insts.iter().all(|i| {
-            let v = i.coordinator().fleet_view();
-            v.redis_ok && v.pods.len() == 3
-        })),
-        "{:?}",
-        insts[0].coordinator().fleet_view()
-    );
-    std::thread::sleep(Duration::from_millis(GRACE_MS + 200));
+    wait_ready(&insts);
     let held = fill(&insts);
     assert_eq!(held.len(), 3 * LIMIT as usize, "3 pods x {LIMIT}, exactly");
     assert!(eventually(Duration::from_secs(3), || {
@@ -227,15 +232,7 @@ fn an_acl_user_with_the_documented_rules_is_enough() {
             )
         })
         .collect();
-    assert!(
-        eventually(Duration::from_secs(5), || insts.iter().all(|i| {
-            let v = i.coordinator().fleet_view();
-            v.redis_ok && v.pods.len() == 3
-        })),
-        "{:?}",
-        insts[0].coordinator().fleet_view()
-    );
-    std::thread::sleep(Duration::from_millis(GRACE_MS + 200));
+    wait_ready(&insts);
     assert_eq!(fill(&insts).len(), 3 * LIMIT as usize);
 
     let short = RedisServer::start_with(RedisOptions {

@@ -169,13 +169,7 @@ pub fn module_dir() -> PathBuf {
 
 /// A fresh, unique scratch directory under the system temp dir.
 pub fn scratch_dir(tag: &str) -> PathBuf {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("wscap-e2e-{}-{tag}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create scratch dir");
-    dir
+    wscap_testkit::scratch_dir(tag)
 }
 
 /// A loopback port that was free a moment ago (bind port 0, read it, release it).

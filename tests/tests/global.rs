@@ -337,6 +337,34 @@ impl Fleet {
         }
     }
 
+    /// After Redis came back empty while the fleet holds `live` per pod: the ledger and every
+    /// view reconverge to exactly that, then (past the restart grace) exactly the rest of the
+    /// fleet's capacity is admitted, never over a pod's limit. Returns the new connections.
+    async fn reconverge_after_restart(&self, what: &str, live: &[u64]) -> Vec<WsClient> {
+        let took = self.ledger_reconverged(live).await;
+        eprintln!(
+            "{what}: the ledger held the exact live counts {took:?} after Redis came back \
+             (refresh {REFRESH_MS} ms)"
+        );
+        assert!(
+            took < Duration::from_millis(TTL_MS),
+            "{what}: reconverged only after {took:?}"
+        );
+        self.expect_fleet_live(&format!("{what}: after redis restart"), live, SETTLE)
+            .await;
+        tokio::time::sleep(Duration::from_millis(GRACE_MS + 2 * REFRESH_MS)).await;
+        let held: u64 = live.iter().sum();
+        let (more, _) = self.fill(FLEET).await;
+        self.assert_never_over(&format!("{what}: after redis restart"));
+        assert_eq!(
+            held as usize + more.len(),
+            FLEET,
+            "{what}: the fleet's whole capacity, exactly, after the restart"
+        );
+        assert_eq!(self.backend_active(), vec![LIMIT as usize; PODS]);
+        more
+    }
+
     /// Waits until every live instance's fleet view says `expected` per pod.
     async fn expect_fleet_live(&self, what: &str, expected: &[u64], within: Duration) {
         for i in 0..self.envoys.len() {
@@ -737,24 +765,7 @@ async fn redis_restart(fail_mode: &str) {
         .iter()
         .map(|b| per.get(&b.name).copied().unwrap_or(0) as u64)
         .collect();
-    let took = fleet.ledger_reconverged(&want).await;
-    eprintln!("{fail_mode}: the ledger held the exact live counts {took:?} after Redis came back (refresh {REFRESH_MS} ms)");
-    assert!(
-        took < Duration::from_millis(TTL_MS),
-        "reconverged only after {took:?}"
-    );
-    fleet
-        .expect_fleet_live("after redis restart", &want, SETTLE)
-        .await;
-    tokio::time::sleep(Duration::from_millis(GRACE_MS + 2 * REFRESH_MS)).await;
-    let (more, _) = fleet.fill(FLEET).await;
-    fleet.assert_never_over("after redis restart");
-    assert_eq!(
-        held.len() + more.len(),
-        FLEET,
-        "the fleet's whole capacity, exactly, after the restart"
-    );
-    assert_eq!(fleet.backend_active(), vec![LIMIT as usize; PODS]);
+    let more = fleet.reconverge_after_restart(fail_mode, &want).await;
     held.extend(more);
     close_all(held).await;
     fleet.expect_fleet_live("closed", &[0; PODS], SETTLE).await;
@@ -833,24 +844,9 @@ async fn d3_redis_killed_local_limit_admits_per_instance_and_reconverges() {
 
     // Redis back, empty: what is held is reclaimed, then exactly the rest of the limit.
     fleet.redis.start_again();
-    let took = fleet.ledger_reconverged(&[during as u64; PODS]).await;
-    eprintln!("local_limit: the ledger held the exact live counts {took:?} after Redis came back (refresh {REFRESH_MS} ms)");
-    assert!(
-        took < Duration::from_millis(TTL_MS),
-        "reconverged only after {took:?}"
-    );
-    fleet
-        .expect_fleet_live("after redis restart", &[during as u64; PODS], SETTLE)
+    let more = fleet
+        .reconverge_after_restart("local_limit", &[during as u64; PODS])
         .await;
-    tokio::time::sleep(Duration::from_millis(GRACE_MS + 2 * REFRESH_MS)).await;
-    let (more, _) = fleet.fill(FLEET).await;
-    fleet.assert_never_over("after redis restart, local_limit");
-    assert_eq!(
-        held.len() + more.len(),
-        FLEET,
-        "the fleet's whole capacity, exactly, after the restart"
-    );
-    assert_eq!(fleet.backend_active(), vec![LIMIT as usize; PODS]);
     let mut all: Vec<WsClient> = held.into_iter().map(|(_, c)| c).collect();
     all.extend(more);
     close_all(all).await;
