@@ -45,6 +45,19 @@ async fn slot_is_released_after_the_upstream_socket_closes() {
         )
         .await;
         b.close().await;
+        // The next round starts once this stream was released (its close reply can reach the
+        // client before Envoy tears the stream down), so one worker's log never interleaves a
+        // new stream's upstream connection with an older stream's teardown.
+        let host = rig.backends[0].host();
+        wscap_e2e::eventually(
+            &format!("round {round}: released after the close"),
+            wscap_e2e::SETTLE,
+            || async {
+                let a = rig.wscap_active(&host).await;
+                (a == 0).then_some(()).ok_or(format!("active {a}"))
+            },
+        )
+        .await;
     }
     assert_eq!(
         rig.backends[0].max_seen(),
