@@ -8,7 +8,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use wscap_ffi::*;
-use wscap_testkit::{free_port, RedisServer};
+use wscap_testkit::pki::TestPki;
+use wscap_testkit::{free_port, RedisOptions, RedisServer};
 
 type R = wscap_result;
 
@@ -93,13 +94,17 @@ struct Instance {
 
 impl Instance {
     fn start(url: &str, id: &str) -> Self {
+        Self::start_json(&global_config(url, id))
+    }
+
+    fn start_json(config_json: &str) -> Self {
         let mut registry = null_mut();
         assert_eq!(
             wscap_registry_new(cs(REGISTRY).as_ptr(), &mut registry),
             R::Ok
         );
         let mut global = null_mut();
-        let config = cs(&global_config(url, id));
+        let config = cs(config_json);
         assert_eq!(
             wscap_global_start(registry, config.as_ptr(), &mut global),
             R::Ok
@@ -242,6 +247,74 @@ fn two_instances_admit_exactly_the_fleet_limit_through_the_c_api() {
     }
     wscap_registry_free(a.registry);
     wscap_global_free(b.global);
+}
+
+/// TLS with a client certificate and a password, through the C entry points: the same JSON as
+/// Envoy's bootstrap config. A malformed certificate file is explained by
+/// `wscap_global_config_error` and refused by `wscap_global_start`.
+#[test]
+fn tls_and_auth_through_the_c_api() {
+    let dir = wscap_testkit::scratch_dir("ffi-pki");
+    let pki = TestPki::generate(&dir);
+    let redis = RedisServer::start_with(RedisOptions {
+        password: Some("c-s3cret".into()),
+        tls: Some(pki.redis_tls(true)),
+        extra_args: Vec::new(),
+    });
+    let json = |ca: &std::path::Path| {
+        serde_json::json!({
+            "redis_url": redis.url_with_auth("", "c-s3cret"),
+            "instance_id": "proxy-tls",
+            "lease_ttl_ms": 1500,
+            "refresh_ms": 500,
+            "restart_grace_ms": GRACE_MS,
+            "tls_ca_file": ca,
+            "tls_cert_file": pki.client_cert_file,
+            "tls_key_file": pki.client_key_file,
+        })
+        .to_string()
+    };
+    let good = json(&pki.ca_file);
+    assert_eq!(config_error(&good), "");
+    let inst = Instance::start_json(&good);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let v = fleet(inst.global);
+            v["redis_ok"] == true && v["pods"].as_array().unwrap().len() == 3
+        }),
+        "{}",
+        fleet(inst.global)
+    );
+    std::thread::sleep(Duration::from_millis(GRACE_MS + 200));
+    let mut held = Vec::new();
+    while let Some(p) = inst.admit() {
+        held.push(p);
+        assert!(held.len() <= 6, "over the fleet limit of 3 pods x 2");
+    }
+    assert_eq!(held.len(), 6);
+    for p in held {
+        wscap_permit_release(p);
+    }
+    wscap_global_free(inst.global);
+    wscap_registry_free(inst.registry);
+
+    let garbage = dir.join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    let bad = json(&garbage);
+    let message = config_error(&bad);
+    assert!(
+        message.contains("tls_ca_file") && message.contains("no PEM certificate"),
+        "{message}"
+    );
+    let mut reg = null_mut();
+    assert_eq!(wscap_registry_new(cs(REGISTRY).as_ptr(), &mut reg), R::Ok);
+    let mut g = sentinel();
+    assert_eq!(
+        wscap_global_start(reg, cs(&bad).as_ptr(), &mut g),
+        R::InvalidConfig
+    );
+    assert_eq!(g, sentinel());
+    wscap_registry_free(reg);
 }
 
 #[test]

@@ -71,6 +71,41 @@ pub struct GlobalConfig {
     pub key_prefix: String,
 }
 
+/// Reads a TLS file and checks it holds what `field` needs: at least one PEM certificate (and
+/// nothing malformed) for `tls_ca_file` / `tls_cert_file`, a PEM private key for `tls_key_file`.
+pub(crate) fn check_pem(field: &str, path: &str) -> Result<Vec<u8>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    // A regular file of bounded size: `/dev/zero` or a directory must not hang or exhaust the
+    // proxy at config load.
+    const MAX_PEM: u64 = 1 << 20;
+    let meta = std::fs::metadata(path).map_err(|e| format!("{field} {path:?}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{field} {path:?}: not a regular file"));
+    }
+    let mut pem = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| {
+            std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_PEM + 1), &mut pem)
+        })
+        .map_err(|e| format!("{field} {path:?}: {e}"))?;
+    if pem.len() as u64 > MAX_PEM {
+        return Err(format!("{field} {path:?}: larger than {MAX_PEM} bytes"));
+    }
+    if field == "tls_key_file" {
+        PrivateKeyDer::from_pem_slice(&pem)
+            .map_err(|e| format!("{field} {path:?}: no PEM private key ({e})"))?;
+    } else {
+        let n = CertificateDer::pem_slice_iter(&pem)
+            .try_fold(0usize, |n, c| c.map(|_| n + 1))
+            .map_err(|e| format!("{field} {path:?}: {e}"))?;
+        if n == 0 {
+            return Err(format!("{field} {path:?}: no PEM certificate in it"));
+        }
+    }
+    Ok(pem)
+}
+
 fn default_lease_ttl_ms() -> u64 {
     10_000
 }
@@ -136,9 +171,7 @@ impl GlobalConfig {
             if !self.redis_url.starts_with("rediss://") {
                 return bad(format!("{field} needs a rediss:// redis_url (TLS)"));
             }
-            if let Err(e) = std::fs::metadata(path) {
-                return bad(format!("{field} {path:?}: {e}"));
-            }
+            check_pem(field, path).map_err(ConfigError::Invalid)?;
         }
         if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
             return bad("tls_cert_file and tls_key_file go together (mutual TLS)".to_owned());

@@ -66,45 +66,26 @@ impl std::fmt::Debug for Ledger {
     }
 }
 
-/// A `rediss://` client: the CA and client certificate files are read (and their PEM parsed)
-/// here, so a bad file is refused with the config, not at the first claim.
+/// A `rediss://` client over the CA and client certificate files (checked by
+/// [`GlobalConfig::validate`] already, so a bad file refuses the config, not the first claim).
 fn tls_client(config: &GlobalConfig) -> Result<Client, LedgerError> {
     // rustls needs a process-wide crypto provider; install ring's unless the process (an
     // embedding application) already chose one.
     if rustls::crypto::CryptoProvider::get_default().is_none() {
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let bad = |field: &str, path: &str, e: &dyn std::fmt::Display| {
-        LedgerError::Redis(format!("{field} {path:?}: {e}"))
-    };
-    let read = |field: &str, path: &str| std::fs::read(path).map_err(|e| bad(field, path, &e));
-    // At least one certificate, and nothing malformed.
-    let read_certs = |field: &str, path: &str| {
-        let pem = read(field, path)?;
-        let n = CertificateDer::pem_slice_iter(&pem)
-            .try_fold(0usize, |n, c| c.map(|_| n + 1))
-            .map_err(|e| bad(field, path, &e))?;
-        if n == 0 {
-            return Err(bad(field, path, &"no PEM certificate in it"));
-        }
-        Ok(pem)
-    };
+    // Checked again here: the files may have changed since the config was validated.
+    let read =
+        |field: &str, path: &str| crate::config::check_pem(field, path).map_err(LedgerError::Redis);
     let root_cert = match &config.tls_ca_file {
-        Some(p) => Some(read_certs("tls_ca_file", p)?),
+        Some(p) => Some(read("tls_ca_file", p)?),
         None => None,
     };
     let client_tls = match (&config.tls_cert_file, &config.tls_key_file) {
-        (Some(cert), Some(key)) => {
-            let client_key = read("tls_key_file", key)?;
-            PrivateKeyDer::from_pem_slice(&client_key)
-                .map_err(|e| bad("tls_key_file", key, &format!("no PEM private key ({e})")))?;
-            Some(redis::ClientTlsConfig {
-                client_cert: read_certs("tls_cert_file", cert)?,
-                client_key,
-            })
-        }
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read("tls_cert_file", cert)?,
+            client_key: read("tls_key_file", key)?,
+        }),
         _ => None,
     };
     Client::build_with_tls(

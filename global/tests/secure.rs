@@ -183,6 +183,13 @@ fn tls_files_are_checked_with_the_config() {
         e.contains("tls_key_file") && e.contains("no PEM private key"),
         "{e}"
     );
+    // Not a regular file: refused without reading it.
+    for path in ["/dev/zero", "/tmp"] {
+        let mut c = base();
+        c.tls_ca_file = Some(path.to_owned());
+        let e = start(c).to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+    }
     // A certificate where the key should be.
     let mut c = base();
     c.tls_key_file = Some(pki.client_cert_file.display().to_string());
