@@ -5,18 +5,12 @@ use std::ffi::{c_char, CStr, CString};
 use std::ptr::{null, null_mut};
 use std::sync::atomic::AtomicPtr;
 
+use common::{cs, host_of, sentinel, text};
 use wscap_ffi::*;
 
+mod common;
+
 type R = wscap_result;
-
-fn cs(s: &str) -> CString {
-    CString::new(s).unwrap()
-}
-
-/// A pointer that must never be written by a failing call.
-fn sentinel<T>() -> *mut T {
-    std::ptr::without_provenance_mut(0x5a5a_5a5a)
-}
 
 fn new_registry(config: Option<&str>) -> *mut wscap_registry {
     let cfg = config.map(cs);
@@ -29,26 +23,6 @@ fn new_registry(config: Option<&str>) -> *mut wscap_registry {
 
 const PODS: &str = r#"{"clusters":[{"name":"pods","max_connections_per_host":2,
     "hosts":[{"address":"10.0.0.1:80","max_connections":1},{"address":"10.0.0.2:80"}]}]}"#;
-
-fn text(f: impl Fn(*mut c_char, usize, *mut usize) -> R) -> String {
-    let mut n = 0usize;
-    loop {
-        assert_eq!(f(null_mut(), 0, &mut n), R::BufferTooSmall);
-        let mut buf = vec![0 as c_char; n];
-        let mut written = 0usize;
-        match f(buf.as_mut_ptr(), buf.len(), &mut written) {
-            R::Ok => {
-                assert_eq!(buf[written], 0, "NUL-terminated");
-                // SAFETY: the buffer holds a NUL at `written`.
-                let s = unsafe { CStr::from_ptr(buf.as_ptr()) };
-                assert_eq!(s.to_bytes().len(), written);
-                return s.to_str().unwrap().to_owned();
-            }
-            R::BufferTooSmall => n = written,
-            other => panic!("{other:?}"),
-        }
-    }
-}
 
 fn prometheus(reg: *const wscap_registry) -> String {
     text(|b, l, n| wscap_export_prometheus(reg, b, l, n))
@@ -84,10 +58,6 @@ fn acquire_host(
             Err(e)
         }
     }
-}
-
-fn host_of(p: *const wscap_permit) -> String {
-    text(|b, l, n| wscap_permit_host(p, b, l, n))
 }
 
 fn config_error(json: &[u8]) -> String {

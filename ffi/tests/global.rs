@@ -2,14 +2,17 @@
 //! loopback port, killed by PID however the test ends: `wscap_testkit::RedisServer`): two
 //! registries stand for two proxy instances sharing one Redis.
 
-use std::ffi::{c_char, c_void, CStr, CString};
+use std::ffi::{c_char, c_void, CString};
 use std::ptr::{null, null_mut};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::{cs, host_of, sentinel, text};
 use wscap_ffi::*;
+
+mod common;
 use wscap_testkit::pki::TestPki;
-use wscap_testkit::{free_port, RedisOptions, RedisServer};
+use wscap_testkit::{eventually, free_port, RedisOptions, RedisServer};
 
 type R = wscap_result;
 
@@ -19,39 +22,11 @@ const PODS: [&str; 3] = ["10.9.0.1:8080", "10.9.0.2:8080", "10.9.0.3:8080"];
 const REGISTRY: &str = r#"{"clusters":[{"name":"pods","max_connections_per_host":2,
     "hosts":[{"address":"10.9.0.1:8080"},{"address":"10.9.0.2:8080"},{"address":"10.9.0.3:8080"}]}]}"#;
 
-fn cs(s: &str) -> CString {
-    CString::new(s).unwrap()
-}
-
-fn sentinel<T>() -> *mut T {
-    std::ptr::without_provenance_mut(0x5a5a_5a5a)
-}
-
 fn global_config(url: &str, id: &str) -> String {
     format!(
         r#"{{"redis_url":"{url}","instance_id":"{id}","lease_ttl_ms":900,"refresh_ms":100,
             "restart_grace_ms":{GRACE_MS}}}"#
     )
-}
-
-/// Text by the buffer convention: ask the size, then fetch (retrying if it grew).
-fn text(f: impl Fn(*mut c_char, usize, *mut usize) -> R) -> String {
-    let mut n = 0usize;
-    loop {
-        assert_eq!(f(null_mut(), 0, &mut n), R::BufferTooSmall);
-        let mut buf = vec![0 as c_char; n];
-        let mut written = 0usize;
-        match f(buf.as_mut_ptr(), buf.len(), &mut written) {
-            R::Ok => {
-                // SAFETY: on success the buffer holds a NUL at `written`.
-                let s = unsafe { CStr::from_ptr(buf.as_ptr()) };
-                assert_eq!(s.to_bytes().len(), written);
-                return s.to_str().unwrap().to_owned();
-            }
-            R::BufferTooSmall => n = written,
-            other => panic!("{other:?}"),
-        }
-    }
 }
 
 fn config_error(json: &str) -> String {
@@ -61,10 +36,6 @@ fn config_error(json: &str) -> String {
 
 fn fleet(g: *const wscap_global) -> serde_json::Value {
     serde_json::from_str(&text(|b, l, n| wscap_global_fleet_json(g, b, l, n))).unwrap()
-}
-
-fn host_of(p: *const wscap_permit) -> String {
-    text(|b, l, n| wscap_permit_host(p, b, l, n))
 }
 
 /// The borrow callback: `user_data` is a boxed channel sender, taken back here (so a second
@@ -133,19 +104,6 @@ impl Instance {
                 return None;
             }
         }
-    }
-}
-
-fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

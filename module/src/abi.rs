@@ -748,7 +748,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
                             settings.cluster, settings.max_connections_per_host, settings.retry_after_seconds
                         ),
                     );
-                    Box::into_raw(Box::new(Arc::new(cfg))).cast_const().cast()
+                    into_module_ptr(Arc::new(cfg))
                 }
                 Err(e) => refuse_config("http filter", &name, &e),
             }
@@ -757,16 +757,39 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     )
 }
 
+/// Hands `value` to Envoy as an opaque module pointer; [`take_module_ptr`] takes it back.
+fn into_module_ptr<T>(value: T) -> *const c_void {
+    Box::into_raw(Box::new(value)).cast_const().cast()
+}
+
+/// Takes back a value given to Envoy by [`into_module_ptr`]; `None` for NULL.
+///
+/// # Safety
+/// `ptr` is NULL or came from `into_module_ptr::<T>` and is taken back once (Envoy calls each
+/// destroy hook once, after the object's last hook).
+unsafe fn take_module_ptr<T>(ptr: *const c_void) -> Option<Box<T>> {
+    // SAFETY: the caller's contract: a live `Box<T>` leaked by `into_module_ptr`, or NULL.
+    (!ptr.is_null()).then(|| unsafe { Box::from_raw(ptr.cast_mut().cast::<T>()) })
+}
+
+/// Borrows a value given to Envoy by [`into_module_ptr`]; `None` for NULL.
+///
+/// # Safety
+/// `ptr` is NULL or came from `into_module_ptr::<T>` and is not yet taken back, and no exclusive
+/// borrow of it is alive.
+unsafe fn module_ref<'a, T>(ptr: *const c_void) -> Option<&'a T> {
+    // SAFETY: the caller's contract.
+    unsafe { ptr.cast::<T>().as_ref() }
+}
+
 /// Drops the filter config.
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: *const c_void) {
     guard(
         "http_filter_config_destroy",
         || {
-            if !config.is_null() {
-                // SAFETY: `config` came from `Box::into_raw` in config_new; Envoy destroys it once.
-                drop(unsafe { Box::from_raw(config.cast_mut().cast::<Arc<FilterConfig>>()) });
-            }
+            // SAFETY: `config` came from `into_module_ptr` in config_new; destroyed once.
+            drop(unsafe { take_module_ptr::<Arc<FilterConfig>>(config) });
         },
         || (),
     )
@@ -781,15 +804,12 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
     guard(
         "http_filter_new",
         || {
-            if config.is_null() {
-                return ptr::null();
+            // SAFETY: `config` is the live `Arc<FilterConfig>` from config_new; Envoy keeps the
+            // config alive while it creates filters.
+            match unsafe { module_ref::<Arc<FilterConfig>>(config) } {
+                Some(cfg) => into_module_ptr(Filter::new(Arc::clone(cfg))),
+                None => ptr::null(),
             }
-            // SAFETY: `config` is the live `Box<Arc<FilterConfig>>` from config_new; Envoy keeps
-            // the config alive while it creates filters.
-            let cfg = unsafe { &*config.cast::<Arc<FilterConfig>>() };
-            Box::into_raw(Box::new(Filter::new(Arc::clone(cfg))))
-                .cast_const()
-                .cast()
         },
         ptr::null,
     )
@@ -885,11 +905,9 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter: *const c_v
     guard(
         "http_filter_destroy",
         || {
-            if !filter.is_null() {
-                // SAFETY: `filter` came from `Box::into_raw` in http_filter_new; Envoy destroys it
-                // exactly once, after its last hook.
-                drop(unsafe { Box::from_raw(filter.cast_mut().cast::<Filter>()) });
-            }
+            // SAFETY: `filter` came from `into_module_ptr` in http_filter_new; Envoy destroys it
+            // exactly once, after its last hook.
+            drop(unsafe { take_module_ptr::<Filter>(filter) });
         },
         || (),
     )
@@ -1090,22 +1108,9 @@ pub extern "C" fn envoy_dynamic_module_on_lb_new(
 ) -> *const c_void {
     guard(
         "lb_new",
-        || {
-            Box::into_raw(Box::new(Lb::new(&REGISTRY, &EnvoyLb(lb_envoy))))
-                .cast_const()
-                .cast()
-        },
+        || into_module_ptr(Lb::new(&REGISTRY, &EnvoyLb(lb_envoy))),
         ptr::null,
     )
-}
-
-/// The LB behind a hook's module pointer.
-///
-/// # Safety
-/// `lb` is a pointer from `lb_new` not yet destroyed. `Lb` is `Sync`, a shared borrow suffices.
-unsafe fn lb_ref<'a>(lb: *const c_void) -> Option<&'a Lb> {
-    // SAFETY: the caller's contract.
-    unsafe { lb.cast::<Lb>().as_ref() }
 }
 
 /// Picks a host: the override host when set, else round robin.
@@ -1117,8 +1122,8 @@ pub extern "C" fn envoy_dynamic_module_on_lb_choose_host(
     priority_out: *mut u32,
     index_out: *mut u32,
 ) -> bool {
-    // SAFETY: hook contract (see `lb_ref`).
-    let Some(lb) = (unsafe { lb_ref(lb) }) else {
+    // SAFETY: `lb` is from lb_new and not yet destroyed; `Lb` is `Sync`, a shared borrow suffices.
+    let Some(lb) = (unsafe { module_ref::<Lb>(lb) }) else {
         return false;
     };
     if priority_out.is_null() || index_out.is_null() {
@@ -1150,8 +1155,8 @@ pub extern "C" fn envoy_dynamic_module_on_lb_on_host_membership_update(
     _added: usize,
     _removed: usize,
 ) {
-    // SAFETY: hook contract (see `lb_ref`).
-    if let Some(lb) = unsafe { lb_ref(lb) } {
+    // SAFETY: `lb` is from lb_new and not yet destroyed; `Lb` is `Sync`, a shared borrow suffices.
+    if let Some(lb) = unsafe { module_ref::<Lb>(lb) } {
         guard(
             "lb_on_host_membership_update",
             || lb.sync(&EnvoyLb(lb_envoy)),
@@ -1166,10 +1171,8 @@ pub extern "C" fn envoy_dynamic_module_on_lb_destroy(lb: *const c_void) {
     guard(
         "lb_destroy",
         || {
-            if !lb.is_null() {
-                // SAFETY: `lb` came from `Box::into_raw` in lb_new; Envoy destroys it once.
-                drop(unsafe { Box::from_raw(lb.cast_mut().cast::<Lb>()) });
-            }
+            // SAFETY: `lb` came from `into_module_ptr` in lb_new; Envoy destroys it once.
+            drop(unsafe { take_module_ptr::<Lb>(lb) });
         },
         || (),
     )
@@ -1269,21 +1272,10 @@ pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_config_new(
                     config_envoy,
                 )
             };
-            Box::into_raw(Box::new(BootstrapConfig { state, timer }))
-                .cast_const()
-                .cast()
+            into_module_ptr(BootstrapConfig { state, timer })
         },
         ptr::null,
     )
-}
-
-/// The bootstrap config behind a hook's module pointer.
-///
-/// # Safety
-/// `config` is a pointer from bootstrap config_new, not yet destroyed (main thread only).
-unsafe fn bootstrap_ref<'a>(config: *const c_void) -> Option<&'a BootstrapConfig> {
-    // SAFETY: the caller's contract.
-    unsafe { config.cast::<BootstrapConfig>().as_ref() }
 }
 
 /// Stops the timer and drops the state.
@@ -1294,11 +1286,10 @@ pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_config_destroy(
     guard(
         "bootstrap_extension_config_destroy",
         || {
-            if config.is_null() {
+            // SAFETY: `config` came from `into_module_ptr` in config_new; Envoy destroys it once.
+            let Some(cfg) = (unsafe { take_module_ptr::<BootstrapConfig>(config) }) else {
                 return;
-            }
-            // SAFETY: `config` came from `Box::into_raw` in config_new; Envoy destroys it once.
-            let cfg = unsafe { Box::from_raw(config.cast_mut().cast::<BootstrapConfig>()) };
+            };
             if !cfg.timer.is_null() {
                 // SAFETY: the timer was created by this config and is deleted once, here.
                 unsafe {
@@ -1317,8 +1308,8 @@ pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_timer_fired(
     config: *const c_void,
     timer: *mut c_void,
 ) {
-    // SAFETY: hook contract (see `bootstrap_ref`).
-    let Some(cfg) = (unsafe { bootstrap_ref(config) }) else {
+    // SAFETY: `config` is from bootstrap config_new and not yet destroyed (main thread only).
+    let Some(cfg) = (unsafe { module_ref::<BootstrapConfig>(config) }) else {
         return;
     };
     guard(

@@ -392,7 +392,9 @@ impl Filter {
         if let Some(id) = cfg.metrics.rejected {
             stream.increment_counter(id, &[cfg.cluster.name(), rejected.reason()], 1);
         }
+        // Once warned, a refusal skips the lookup (a lock) entirely.
         if rejected == Rejected::NoHosts
+            && !cfg.warned_no_policy.load(Ordering::Relaxed)
             && !crate::lb::has_policy(cfg.cluster.name())
             && !cfg.warned_no_policy.swap(true, Ordering::Relaxed)
         {

@@ -17,6 +17,20 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Polls `f` every 20 ms until it holds (true) or `within` passes (false).
+pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A loopback port that was free a moment ago (bind port 0, read it, release it).
 ///
 /// Use only where the port must be known in advance (a server configured on the command line).

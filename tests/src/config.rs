@@ -252,8 +252,11 @@ pub fn bootstrap(listeners: &[ListenerSpec], clusters: Vec<Value>, module: bool)
     b
 }
 
-/// Move the listeners to LDS from file `lds_file` (created by the caller with [`lds_file_contents`]).
-pub fn use_file_lds(bootstrap: &mut Value, lds_file: &Path) {
+/// A bootstrap whose listeners come from file-based LDS `lds_file` (written by the caller with
+/// [`lds_file_contents`]), over one static cluster of `endpoints` with the wscap LB policy, and
+/// the module's bootstrap extension.
+pub fn file_lds_bootstrap(cluster: &str, endpoints: &[Endpoint], lds_file: &Path) -> Value {
+    let mut bootstrap = self::bootstrap(&[], vec![static_cluster(cluster, endpoints, true)], true);
     let dir = lds_file.parent().expect("lds file has a parent");
     bootstrap["static_resources"]["listeners"] = json!([]);
     bootstrap["dynamic_resources"] = json!({
@@ -265,6 +268,7 @@ pub fn use_file_lds(bootstrap: &mut Value, lds_file: &Path) {
             }
         }
     });
+    bootstrap
 }
 
 /// Contents of a file-based LDS resource file.

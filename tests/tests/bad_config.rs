@@ -82,16 +82,7 @@ async fn lds_bad_filter_config_is_rejected_and_envoy_keeps_serving() {
     };
     let good = config::filter_config(CLUSTER, 2, 7);
     write_atomic(&lds, &config::lds_file_contents(&[listener(&good)], 1));
-    let mut boot = config::bootstrap(
-        &[],
-        vec![config::static_cluster(
-            CLUSTER,
-            &[Endpoint::new(pod.addr)],
-            true,
-        )],
-        true,
-    );
-    config::use_file_lds(&mut boot, &lds);
+    let boot = config::file_lds_bootstrap(CLUSTER, &[Endpoint::new(pod.addr)], &lds);
     let mut envoy = Envoy::try_start_in(&dir, &boot, &Opts::with_module(wscap_e2e::concurrency()))
         .await
         .unwrap_or_else(|e| panic!("{e}"));

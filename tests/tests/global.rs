@@ -274,6 +274,11 @@ impl Fleet {
             .filter(|(e, _)| e.is_some())
             .map(|(_, p)| *p)
             .collect();
+        self.fill_through(&live, want).await
+    }
+
+    /// [`Fleet::fill`] through the listeners `ports` only.
+    async fn fill_through(&self, live: &[u16], want: usize) -> (Vec<WsClient>, usize) {
         let mut open = Vec::new();
         let mut refused = 0;
         let mut last_success = Instant::now();
@@ -363,6 +368,27 @@ impl Fleet {
         );
         assert_eq!(self.backend_active(), vec![LIMIT as usize; PODS]);
         more
+    }
+
+    /// Connection attempts every 25 ms, through the instances in turn (moving on after each
+    /// admission), until `until_ms` after `since`; no pod may go over its limit meanwhile.
+    /// Returns the admitted connections with when they were admitted (since `since`).
+    async fn attempts_until(
+        &self,
+        what: &str,
+        since: Instant,
+        until_ms: u64,
+    ) -> Vec<(Duration, WsClient)> {
+        let mut admitted = Vec::new();
+        while since.elapsed() < Duration::from_millis(until_ms) {
+            let port = self.ports[admitted.len() % INSTANCES];
+            if let Outcome::Open(c) = connect(port, "/ws").await {
+                admitted.push((since.elapsed(), c));
+            }
+            self.assert_never_over(what);
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        admitted
     }
 
     /// Waits until every live instance's fleet view says `expected` per pod.
@@ -702,15 +728,9 @@ async fn redis_restart(fail_mode: &str) {
     let killed_at = Instant::now();
 
     // While Redis is down: attempts through every instance; no pod may go over its limit.
-    let mut admitted_while_down = Vec::new();
-    while killed_at.elapsed() < Duration::from_millis(TTL_MS + 3 * REFRESH_MS) {
-        let port = fleet.ports[admitted_while_down.len() % INSTANCES];
-        if let Outcome::Open(c) = connect(port, "/ws").await {
-            admitted_while_down.push((killed_at.elapsed(), c));
-        }
-        fleet.assert_never_over("redis down");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let admitted_while_down = fleet
+        .attempts_until("redis down", killed_at, TTL_MS + 3 * REFRESH_MS)
+        .await;
     match fail_mode {
         // Exact: whatever share was held, until its lease would have ended on the server.
         "keep_share" => {
@@ -804,23 +824,12 @@ async fn d3_redis_killed_local_limit_admits_per_instance_and_reconverges() {
         let v = fleet.view(i).await;
         assert_eq!(v["redis_ok"], false, "instance {i}: {v}");
     }
-    // Fill through each instance alone until it refuses for a while.
-    for (i, port) in fleet.ports.clone().into_iter().enumerate() {
-        let mut last_success = Instant::now();
-        while last_success.elapsed() < PATIENCE {
-            match connect(port, "/ws").await {
-                Outcome::Open(c) => {
-                    held.push((i, c));
-                    last_success = Instant::now();
-                }
-                Outcome::Refused(r) => {
-                    assert_wscap_refusal(&r, "no_capacity");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Outcome::Failed(e) => panic!("connection failed without a response: {e}"),
-            }
-            fleet.assert_never_over("redis down, local_limit");
-        }
+    // Fill through each instance alone until it refuses for a while (the backends' peaks
+    // record any moment over the limit).
+    for (i, port) in fleet.ports.iter().enumerate() {
+        let (open, _) = fleet.fill_through(&[*port], usize::MAX).await;
+        held.extend(open.into_iter().map(|c| (i, c)));
+        fleet.assert_never_over("redis down, local_limit");
     }
     // Exactly local_limit per pod on every instance, seen by the clients (x-backend).
     let mut per: HashMap<(usize, String), u32> = HashMap::new();
@@ -881,15 +890,9 @@ async fn e_a_frozen_redis_applies_keep_share_and_recovers() {
     assert_eq!(held.len(), 8);
     fleet.redis.freeze();
     let frozen_at = Instant::now();
-    let mut during = Vec::new();
-    while frozen_at.elapsed() < Duration::from_millis(TTL_MS + 4 * REFRESH_MS) {
-        let port = fleet.ports[during.len() % INSTANCES];
-        if let Outcome::Open(c) = connect(port, "/ws").await {
-            during.push((frozen_at.elapsed(), c));
-        }
-        fleet.assert_never_over("redis frozen");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let during = fleet
+        .attempts_until("redis frozen", frozen_at, TTL_MS + 4 * REFRESH_MS)
+        .await;
     for (at, _) in &during {
         assert!(
             *at < Duration::from_millis(TTL_MS + REFRESH_MS),

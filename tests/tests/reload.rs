@@ -39,16 +39,7 @@ async fn lds_reload_keeps_live_counts() {
         &lds,
         &config::lds_file_contents(&[listener(port, 7, "v1")], 1),
     );
-    let mut boot = config::bootstrap(
-        &[],
-        vec![config::static_cluster(
-            CLUSTER,
-            &[Endpoint::new(pod.addr)],
-            true,
-        )],
-        true,
-    );
-    config::use_file_lds(&mut boot, &lds);
+    let boot = config::file_lds_bootstrap(CLUSTER, &[Endpoint::new(pod.addr)], &lds);
     let mut envoy = Envoy::try_start_in(&dir, &boot, &Opts::with_module(wscap_e2e::concurrency()))
         .await
         .unwrap_or_else(|e| panic!("{e}"));

@@ -5,11 +5,11 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use wscap_core::{HostSpec, Registry};
 use wscap_global::{Coordinator, FailMode, GlobalConfig};
-pub use wscap_testkit::RedisServer;
+pub use wscap_testkit::{eventually, RedisServer};
 
 /// Restart grace in these tests: a pod new to Redis admits nothing beyond what instances
 /// reclaim for this long (cold starts too: a new Redis cannot tell them from restarts).
@@ -113,19 +113,5 @@ impl Drop for Held {
     fn drop(&mut self) {
         self.fleet.0[self.i].fetch_sub(1, Ordering::SeqCst);
         drop(self.permit.take());
-    }
-}
-
-/// Polls `f` until it holds or `within` passes.
-pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
