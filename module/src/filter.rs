@@ -1,7 +1,7 @@
 //! The HTTP filter `wscap`: admits WebSocket upgrades against the per-host caps, steers them to
 //! the admitted host, and releases each admission exactly once.
 //!
-//! Everything here is safe Rust over the [`Stream`] trait; `abi.rs` implements it on Envoy's
+//! Everything here is safe Rust over the [`Stream`] trait; `abi/filter.rs` implements it on Envoy's
 //! filter handle, and the unit tests implement it on a fake.
 //!
 //! ## What Envoy 1.40 hands the filter

@@ -11,7 +11,7 @@
 //!   `wscap_active_connections` / `wscap_connection_limit` gauges; with `redis_url` in its config
 //!   it starts global mode ([`global`]): exact per-pod limits across Envoy instances.
 //!
-//! The C ABI is bound by hand in one private module (`abi.rs`), the only place with `unsafe`;
+//! The C ABI is bound by hand in one private module folder (`src/abi/`: C types and imports in `sys.rs`, one file of hooks per extension), the only place with `unsafe`;
 //! every exported hook catches panics there. Everything else is safe Rust, unit-tested with
 //! fakes of the small traits it needs ([`filter::Stream`], [`lb::ClusterView`],
 //! [`bootstrap::GaugeSink`]).

@@ -1,0 +1,338 @@
+//! The bootstrap extension `wscap`: the gauge sink ([`crate::bootstrap::GaugeSink`]), the
+//! admin endpoint, the refresh timer, and every hook Envoy requires of a bootstrap extension.
+
+use std::ffi::c_void;
+use std::ptr;
+
+use super::sys::*;
+use super::{guard, into_module_ptr, module_ref, refuse_config, take_module_ptr, text};
+use crate::bootstrap::{self, Bootstrap, GaugeSink, Gauges};
+use crate::filter::MetricId;
+use crate::{config, log, Level, REGISTRY};
+
+/// The bootstrap extension config's Envoy handle (main thread).
+struct EnvoyBootstrapConfig(*mut c_void);
+
+impl GaugeSink for EnvoyBootstrapConfig {
+    fn set_gauge(&self, id: MetricId, labels: &[&str], value: u64) {
+        let (bufs, n) = label_buffers(labels);
+        // SAFETY: live config handle (main thread); `n` label buffers valid for the call.
+        let rc = unsafe {
+            envoy_dynamic_module_callback_bootstrap_extension_config_set_gauge(
+                self.0,
+                id.0,
+                bufs.as_ptr(),
+                n,
+                value,
+            )
+        };
+        if rc != METRICS_SUCCESS {
+            log(Level::Debug, &format!("wscap: set_gauge({}) = {rc}", id.0));
+        }
+    }
+}
+
+/// The bootstrap config: state plus the refresh timer.
+struct BootstrapConfig {
+    state: Bootstrap,
+    timer: *mut c_void,
+}
+
+/// Marker returned as the per-server extension (the config holds the state).
+static BOOTSTRAP_MARKER: u8 = 0;
+
+/// Parses the config, defines the gauges, registers `/wscap`, starts the timer, and signals
+/// init complete (without which Envoy never starts its listeners). NULL refuses.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_config_new(
+    config_envoy: *mut c_void,
+    name: EnvoyBuffer,
+    config: EnvoyBuffer,
+) -> *const c_void {
+    guard(
+        "bootstrap_extension_config_new",
+        || {
+            let name = text(name);
+            if name != "wscap" {
+                return refuse_config(
+                    "bootstrap extension",
+                    &name,
+                    "unknown extension_name: expected \"wscap\"",
+                );
+            }
+            // SAFETY: Envoy's config buffer is valid during this hook.
+            let settings = match config::parse_bootstrap(unsafe { envoy_bytes(config) }) {
+                Ok(s) => s,
+                Err(e) => return refuse_config("bootstrap extension", &name, &e),
+            };
+            if let Some(global) = &settings.global {
+                if let Err(e) = crate::global::start(global) {
+                    return refuse_config("bootstrap extension", &name, &e);
+                }
+            }
+            let gauge =
+                envoy_dynamic_module_callback_bootstrap_extension_config_define_gauge as DefineFn;
+            let gauges = Gauges {
+                active: define(
+                    gauge,
+                    config_envoy,
+                    "wscap_active_connections",
+                    &["cluster", "host"],
+                ),
+                limit: define(
+                    gauge,
+                    config_envoy,
+                    "wscap_connection_limit",
+                    &["cluster", "host"],
+                ),
+            };
+            // SAFETY: live config handle inside config_new; Envoy copies path and help.
+            let registered = unsafe {
+                envoy_dynamic_module_callback_bootstrap_extension_register_admin_handler(
+                    config_envoy,
+                    ModuleBuffer::of(bootstrap::ADMIN_PATH),
+                    ModuleBuffer::of(
+                        "wscap: live WebSocket counts per host (JSON; ?format=prometheus; ?scope=global)",
+                    ),
+                    false,
+                    false,
+                )
+            };
+            if !registered {
+                log(
+                    Level::Warn,
+                    "wscap: could not register the admin handler /wscap",
+                );
+            }
+            let state = Bootstrap::new(settings, gauges);
+            // SAFETY: live config handle; the timer fires on the main thread into timer_fired.
+            let timer = unsafe {
+                envoy_dynamic_module_callback_bootstrap_extension_timer_new(config_envoy)
+            };
+            if !timer.is_null() {
+                // SAFETY: the timer was just created and is owned by this config.
+                unsafe {
+                    envoy_dynamic_module_callback_bootstrap_extension_timer_enable(
+                        timer,
+                        state.interval_ms(),
+                    )
+                };
+            }
+            // SAFETY: live config handle; Envoy registered the init target before this hook.
+            unsafe {
+                envoy_dynamic_module_callback_bootstrap_extension_config_signal_init_complete(
+                    config_envoy,
+                )
+            };
+            into_module_ptr(BootstrapConfig { state, timer })
+        },
+        ptr::null,
+    )
+}
+
+/// Stops the timer and drops the state.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_config_destroy(
+    config: *const c_void,
+) {
+    guard(
+        "bootstrap_extension_config_destroy",
+        || {
+            // SAFETY: `config` came from `into_module_ptr` in config_new; Envoy destroys it once.
+            let Some(cfg) = (unsafe { take_module_ptr::<BootstrapConfig>(config) }) else {
+                return;
+            };
+            if !cfg.timer.is_null() {
+                // SAFETY: the timer was created by this config and is deleted once, here.
+                unsafe {
+                    envoy_dynamic_module_callback_bootstrap_extension_timer_delete(cfg.timer)
+                };
+            }
+        },
+        || (),
+    )
+}
+
+/// Refreshes the gauges and re-arms the timer.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_timer_fired(
+    config_envoy: *mut c_void,
+    config: *const c_void,
+    timer: *mut c_void,
+) {
+    // SAFETY: `config` is from bootstrap config_new and not yet destroyed (main thread only).
+    let Some(cfg) = (unsafe { module_ref::<BootstrapConfig>(config) }) else {
+        return;
+    };
+    guard(
+        "bootstrap_extension_timer_fired",
+        || {
+            cfg.state
+                .refresh(&REGISTRY.snapshot(), &EnvoyBootstrapConfig(config_envoy));
+            if let Some(c) = crate::global::coordinator() {
+                cfg.state.watch_redis(&c.fleet_view());
+            }
+        },
+        || (),
+    );
+    if !timer.is_null() {
+        // SAFETY: the timer Envoy just fired, owned by this config.
+        unsafe {
+            envoy_dynamic_module_callback_bootstrap_extension_timer_enable(
+                timer,
+                cfg.state.interval_ms(),
+            )
+        };
+    }
+}
+
+/// `GET /wscap[?format=prometheus]`.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_admin_request(
+    config_envoy: *mut c_void,
+    _config: *const c_void,
+    method: EnvoyBuffer,
+    path: EnvoyBuffer,
+    _body: EnvoyBuffer,
+) -> u32 {
+    let (status, body) = guard(
+        "bootstrap_extension_admin_request",
+        || {
+            bootstrap::admin(
+                &text(method),
+                &text(path),
+                || REGISTRY.snapshot(),
+                || crate::global::coordinator().map(|c| c.fleet_view()),
+            )
+        },
+        || (500, "{\"error\":\"internal error\"}\n".to_owned()),
+    );
+    // SAFETY: live config handle (main thread); Envoy copies the body.
+    unsafe {
+        envoy_dynamic_module_callback_bootstrap_extension_admin_set_response(
+            config_envoy,
+            ModuleBuffer::of(&body),
+        )
+    };
+    status
+}
+
+/// A non-null per-server extension.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_new(
+    _config: *const c_void,
+    _extension_envoy: *mut c_void,
+) -> *const c_void {
+    ptr::from_ref(&BOOTSTRAP_MARKER).cast()
+}
+
+/// Nothing to do.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_server_initialized(
+    _extension_envoy: *mut c_void,
+    _extension: *const c_void,
+) {
+}
+
+/// Nothing to do.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_worker_thread_initialized(
+    _extension_envoy: *mut c_void,
+    _extension: *const c_void,
+) {
+}
+
+/// Nothing to do (never relied upon: it does not fire on SIGTERM).
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_drain_started(
+    _extension_envoy: *mut c_void,
+    _extension: *const c_void,
+) {
+}
+
+/// Acknowledges at once.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_shutdown(
+    _extension_envoy: *mut c_void,
+    _extension: *const c_void,
+    done: Option<unsafe extern "C" fn(*mut c_void)>,
+    context: *mut c_void,
+) {
+    if let Some(done) = done {
+        // SAFETY: Envoy's completion callback with its own context, called once.
+        unsafe { done(context) };
+    }
+}
+
+/// Nothing to free (the extension is a static marker).
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_destroy(_extension: *const c_void) {}
+
+/// Unused.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_config_scheduled(
+    _config_envoy: *mut c_void,
+    _config: *const c_void,
+    _event_id: u64,
+) {
+}
+
+/// Unused.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_http_callout_done(
+    _config_envoy: *mut c_void,
+    _config: *const c_void,
+    _callout_id: u64,
+    _result: i32,
+    _headers: *const c_void,
+    _header_count: usize,
+    _body: *const c_void,
+    _body_count: usize,
+) {
+}
+
+/// Unused.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_file_changed(
+    _config_envoy: *mut c_void,
+    _config: *const c_void,
+    _path: EnvoyBuffer,
+    _events: u32,
+) {
+}
+
+/// Unused (cluster lifecycle is not enabled).
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_cluster_add_or_update(
+    _config_envoy: *mut c_void,
+    _config: *const c_void,
+    _name: EnvoyBuffer,
+) {
+}
+
+/// Unused.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_cluster_removal(
+    _config_envoy: *mut c_void,
+    _config: *const c_void,
+    _name: EnvoyBuffer,
+) {
+}
+
+/// Unused (listener lifecycle is not enabled).
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_listener_add_or_update(
+    _config_envoy: *mut c_void,
+    _config: *const c_void,
+    _name: EnvoyBuffer,
+) {
+}
+
+/// Unused.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_listener_removal(
+    _config_envoy: *mut c_void,
+    _config: *const c_void,
+    _name: EnvoyBuffer,
+) {
+}

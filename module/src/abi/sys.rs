@@ -1,0 +1,307 @@
+//! C types, constants and the callbacks wscap imports from Envoy (only those it calls), each
+//! checked against the symbols the binary exports (`tests/symbols.rs`) and exercised end to end.
+//! Plus the small safe helpers every extension's bindings use: buffers, logging, metric
+//! definition.
+
+use std::ffi::{c_char, c_void};
+use std::ptr;
+
+use crate::filter::MetricId;
+use crate::Level;
+
+/// `{const char* ptr; size_t length;}` owned by Envoy, passed by value or written through a
+/// pointer.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct EnvoyBuffer {
+    pub(crate) ptr: *const c_char,
+    pub(crate) length: usize,
+}
+
+impl EnvoyBuffer {
+    pub(crate) const EMPTY: EnvoyBuffer = EnvoyBuffer {
+        ptr: ptr::null(),
+        length: 0,
+    };
+}
+
+/// `{const char* ptr; size_t length;}` owned by the module; Envoy reads it during the call.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct ModuleBuffer {
+    pub(crate) ptr: *const c_char,
+    pub(crate) length: usize,
+}
+
+impl ModuleBuffer {
+    pub(crate) const EMPTY: ModuleBuffer = ModuleBuffer {
+        ptr: ptr::null(),
+        length: 0,
+    };
+
+    pub(crate) fn of(s: &str) -> Self {
+        ModuleBuffer {
+            ptr: s.as_ptr().cast(),
+            length: s.len(),
+        }
+    }
+}
+
+/// A header the module hands Envoy: key and value, each pointer + length.
+#[repr(C)]
+pub(crate) struct ModuleHeader {
+    pub(crate) key_ptr: *const c_char,
+    pub(crate) key_length: usize,
+    pub(crate) value_ptr: *const c_char,
+    pub(crate) value_length: usize,
+}
+
+/// `envoy_dynamic_module_type_http_header_type`.
+pub(crate) const HEADER_REQUEST: i32 = 0;
+pub(crate) const HEADER_RESPONSE: i32 = 2;
+/// `envoy_dynamic_module_type_attribute_id_UpstreamAddress` (`upstream.address`).
+pub(crate) const ATTRIBUTE_UPSTREAM_ADDRESS: i32 = 41;
+/// `envoy_dynamic_module_type_metrics_result_Success`.
+pub(crate) const METRICS_SUCCESS: i32 = 0;
+/// HTTP header hook results.
+pub(crate) const HEADERS_CONTINUE: i32 = 0;
+pub(crate) const HEADERS_STOP_ITERATION: i32 = 1;
+/// `StopAllIterationAndWatermark`: nothing (headers nor body) goes on until `continue_decoding`.
+pub(crate) const HEADERS_STOP_ALL_ITERATION_AND_WATERMARK: i32 = 4;
+/// Body and trailer hook results.
+pub(crate) const BODY_CONTINUE: i32 = 0;
+pub(crate) const TRAILERS_CONTINUE: i32 = 0;
+
+// The callbacks, with the names Envoy exports. Parameter names are ours.
+extern "C" {
+    // Unit tests log to stderr instead.
+    #[cfg_attr(test, allow(dead_code))]
+    pub(crate) fn envoy_dynamic_module_callback_log(level: i32, message: ModuleBuffer);
+    #[cfg_attr(test, allow(dead_code))]
+    pub(crate) fn envoy_dynamic_module_callback_log_enabled(level: i32) -> bool;
+
+    pub(crate) fn envoy_dynamic_module_callback_http_get_header(
+        filter_envoy: *mut c_void,
+        header_type: i32,
+        name: ModuleBuffer,
+        value_out: *mut EnvoyBuffer,
+        index: usize,
+        count_out: *mut usize,
+    ) -> bool;
+    pub(crate) fn envoy_dynamic_module_callback_http_set_upstream_override_host(
+        filter_envoy: *mut c_void,
+        host: ModuleBuffer,
+        strict: bool,
+    ) -> bool;
+    pub(crate) fn envoy_dynamic_module_callback_http_filter_get_attribute_string(
+        filter_envoy: *mut c_void,
+        attribute: i32,
+        value_out: *mut EnvoyBuffer,
+    ) -> bool;
+    pub(crate) fn envoy_dynamic_module_callback_http_send_response(
+        filter_envoy: *mut c_void,
+        status: u32,
+        headers: *const ModuleHeader,
+        header_count: usize,
+        body: ModuleBuffer,
+        details: ModuleBuffer,
+    );
+    // Global mode: resume a paused stream on its own worker. Signatures proved on 1.40.0 by
+    // `tests/global.rs` of wscap-e2e (a paused stream resumes, is steered and upgraded):
+    // `scheduler_new(filter_envoy) -> scheduler`, `scheduler_commit(scheduler, u64 event_id)`
+    // (thread-safe: posts to the stream's dispatcher, holding only a weak reference to the
+    // filter, so a commit for a finished stream is dropped by Envoy), `scheduler_delete(scheduler)`,
+    // `continue_decoding(filter_envoy)`.
+    pub(crate) fn envoy_dynamic_module_callback_http_filter_scheduler_new(
+        filter_envoy: *mut c_void,
+    ) -> *mut c_void;
+    pub(crate) fn envoy_dynamic_module_callback_http_filter_scheduler_commit(
+        scheduler: *mut c_void,
+        event_id: u64,
+    );
+    pub(crate) fn envoy_dynamic_module_callback_http_filter_scheduler_delete(
+        scheduler: *mut c_void,
+    );
+    pub(crate) fn envoy_dynamic_module_callback_http_filter_continue_decoding(
+        filter_envoy: *mut c_void,
+    );
+    pub(crate) fn envoy_dynamic_module_callback_http_filter_config_define_counter(
+        config_envoy: *mut c_void,
+        name: ModuleBuffer,
+        label_names: *const ModuleBuffer,
+        label_count: usize,
+        id_out: *mut usize,
+    ) -> i32;
+    pub(crate) fn envoy_dynamic_module_callback_http_filter_increment_counter(
+        filter_envoy: *mut c_void,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_count: usize,
+        value: u64,
+    ) -> i32;
+
+    pub(crate) fn envoy_dynamic_module_callback_bootstrap_extension_config_define_gauge(
+        config_envoy: *mut c_void,
+        name: ModuleBuffer,
+        label_names: *const ModuleBuffer,
+        label_count: usize,
+        id_out: *mut usize,
+    ) -> i32;
+    pub(crate) fn envoy_dynamic_module_callback_bootstrap_extension_config_set_gauge(
+        config_envoy: *mut c_void,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_count: usize,
+        value: u64,
+    ) -> i32;
+    pub(crate) fn envoy_dynamic_module_callback_bootstrap_extension_register_admin_handler(
+        config_envoy: *mut c_void,
+        path_prefix: ModuleBuffer,
+        help: ModuleBuffer,
+        removable: bool,
+        mutates_server_state: bool,
+    ) -> bool;
+    pub(crate) fn envoy_dynamic_module_callback_bootstrap_extension_admin_set_response(
+        config_envoy: *mut c_void,
+        body: ModuleBuffer,
+    );
+    pub(crate) fn envoy_dynamic_module_callback_bootstrap_extension_config_signal_init_complete(
+        config_envoy: *mut c_void,
+    );
+    pub(crate) fn envoy_dynamic_module_callback_bootstrap_extension_timer_new(
+        config_envoy: *mut c_void,
+    ) -> *mut c_void;
+    pub(crate) fn envoy_dynamic_module_callback_bootstrap_extension_timer_enable(
+        timer: *mut c_void,
+        delay_ms: u64,
+    );
+    pub(crate) fn envoy_dynamic_module_callback_bootstrap_extension_timer_delete(
+        timer: *mut c_void,
+    );
+
+    pub(crate) fn envoy_dynamic_module_callback_lb_get_cluster_name(
+        lb_envoy: *mut c_void,
+        name_out: *mut EnvoyBuffer,
+    );
+    pub(crate) fn envoy_dynamic_module_callback_lb_get_priority_set_size(
+        lb_envoy: *mut c_void,
+    ) -> usize;
+    pub(crate) fn envoy_dynamic_module_callback_lb_get_hosts_count(
+        lb_envoy: *mut c_void,
+        priority: u32,
+    ) -> usize;
+    pub(crate) fn envoy_dynamic_module_callback_lb_get_healthy_hosts_count(
+        lb_envoy: *mut c_void,
+        priority: u32,
+    ) -> usize;
+    pub(crate) fn envoy_dynamic_module_callback_lb_get_host_address(
+        lb_envoy: *mut c_void,
+        priority: u32,
+        index: usize,
+        address_out: *mut EnvoyBuffer,
+    ) -> bool;
+    pub(crate) fn envoy_dynamic_module_callback_lb_get_healthy_host_address(
+        lb_envoy: *mut c_void,
+        priority: u32,
+        index: usize,
+        address_out: *mut EnvoyBuffer,
+    ) -> bool;
+    pub(crate) fn envoy_dynamic_module_callback_lb_get_host_metadata_number(
+        lb_envoy: *mut c_void,
+        priority: u32,
+        index: usize,
+        filter_name: ModuleBuffer,
+        key: ModuleBuffer,
+        value_out: *mut f64,
+    ) -> bool;
+    pub(crate) fn envoy_dynamic_module_callback_lb_context_get_override_host(
+        context_envoy: *mut c_void,
+        address_out: *mut EnvoyBuffer,
+        strict_out: *mut bool,
+    ) -> bool;
+}
+
+/// Bytes of an Envoy buffer, for as long as Envoy keeps it (the caller ties the lifetime to
+/// the handle it came from).
+///
+/// # Safety
+/// `b.ptr` is NULL or points at `b.length` readable bytes that stay valid for `'a`.
+pub(crate) unsafe fn envoy_bytes<'a>(b: EnvoyBuffer) -> &'a [u8] {
+    if b.ptr.is_null() || b.length == 0 {
+        &[]
+    } else {
+        // SAFETY: non-null, `length` readable bytes valid for 'a (the caller's contract).
+        unsafe { std::slice::from_raw_parts(b.ptr.cast::<u8>(), b.length) }
+    }
+}
+
+/// Writes to Envoy's log (Envoy copies the message).
+#[cfg(not(test))]
+pub(crate) fn log(level: Level, message: &str) {
+    // SAFETY: the message buffer is valid for the call; Envoy copies it. The callback may be
+    // called from any thread.
+    unsafe { envoy_dynamic_module_callback_log(level as i32, ModuleBuffer::of(message)) }
+}
+
+/// Is `level` enabled for Envoy's `dynamic_modules` logger? (Cheap: lets callers skip formatting.)
+#[cfg(not(test))]
+pub(crate) fn log_enabled(level: Level) -> bool {
+    // SAFETY: a pure query of Envoy's logger level, callable from any thread.
+    unsafe { envoy_dynamic_module_callback_log_enabled(level as i32) }
+}
+
+/// Unit tests: every level is enabled.
+#[cfg(test)]
+pub(crate) fn log_enabled(_level: Level) -> bool {
+    true
+}
+
+/// Unit tests run without Envoy: the log goes to stderr.
+#[cfg(test)]
+pub(crate) fn log(level: Level, message: &str) {
+    eprintln!("[{level:?}] {message}");
+}
+
+/// Up to 4 label buffers on the stack (wscap's metrics have 1 or 2 labels).
+pub(crate) fn label_buffers(labels: &[&str]) -> ([ModuleBuffer; 4], usize) {
+    let mut bufs = [ModuleBuffer::EMPTY; 4];
+    let n = labels.len().min(bufs.len());
+    for (b, l) in bufs.iter_mut().zip(labels) {
+        *b = ModuleBuffer::of(l);
+    }
+    (bufs, n)
+}
+
+pub(crate) type DefineFn =
+    unsafe extern "C" fn(*mut c_void, ModuleBuffer, *const ModuleBuffer, usize, *mut usize) -> i32;
+
+/// Defines a labelled metric; `None` (logged) when Envoy refuses.
+pub(crate) fn define(
+    define: DefineFn,
+    config_envoy: *mut c_void,
+    name: &str,
+    labels: &[&str],
+) -> Option<MetricId> {
+    let (bufs, n) = label_buffers(labels);
+    let mut id = 0usize;
+    // SAFETY: `define` is one of Envoy's define callbacks, called inside the matching
+    // `*_config_new` with its live config handle; buffers valid for the call.
+    let rc = unsafe {
+        define(
+            config_envoy,
+            ModuleBuffer::of(name),
+            bufs.as_ptr(),
+            n,
+            &mut id,
+        )
+    };
+    if rc == METRICS_SUCCESS {
+        Some(MetricId(id))
+    } else {
+        log(
+            Level::Warn,
+            &format!("wscap: Envoy refused to define metric {name} (result {rc})"),
+        );
+        None
+    }
+}
