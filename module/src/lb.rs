@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{LazyLock, Mutex, PoisonError};
+use std::sync::{LazyLock, PoisonError, RwLock};
 
 use wscap_core::{Cluster, HostSpec, Registry, MAX_LIMIT};
 
@@ -19,16 +19,48 @@ pub const METADATA_NAMESPACE: &str = "wscap";
 /// The endpoint metadata key read for per-host limits.
 pub const METADATA_KEY: &str = "max_connections";
 
-/// Clusters for which Envoy created a `wscap` LB instance.
-static WITH_POLICY: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(Default::default);
+/// Clusters for which Envoy created a `wscap` LB instance. Read for every governed WebSocket
+/// by a filter without `"cluster"` (a shared read lock), written when a cluster gets or loses
+/// the policy.
+static WITH_POLICY: LazyLock<RwLock<HashSet<String>>> = LazyLock::new(Default::default);
 
 /// Has Envoy created a `wscap` LB instance for `cluster`? Without one the module never learns
-/// the cluster's hosts, and the filter refuses every WebSocket on it with `no_hosts`.
+/// the cluster's hosts: a filter naming the cluster refuses every WebSocket on it with
+/// `no_hosts`, and a filter without `"cluster"` does not govern it.
 pub fn has_policy(cluster: &str) -> bool {
     WITH_POLICY
-        .lock()
+        .read()
         .unwrap_or_else(PoisonError::into_inner)
         .contains(cluster)
+}
+
+/// Every cluster that has (had) the wscap LB policy in this process and was not removed.
+pub fn policy_clusters() -> Vec<String> {
+    WITH_POLICY
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .cloned()
+        .collect()
+}
+
+/// Records that `cluster` has the policy.
+pub fn mark_policy(cluster: &str) {
+    if has_policy(cluster) {
+        return;
+    }
+    WITH_POLICY
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(cluster.to_owned());
+}
+
+/// Forgets `cluster` (CDS removed it).
+pub fn unmark_policy(cluster: &str) {
+    WITH_POLICY
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .remove(cluster);
 }
 
 /// What the LB policy reads from Envoy's view of the cluster.
@@ -127,14 +159,13 @@ impl Lb {
     /// creation is ignored; an empty set delivered by the membership hook is honoured.
     pub fn new(registry: &Registry, view: &impl ClusterView) -> Self {
         let name = view.cluster_name();
-        {
-            let mut with_policy = WITH_POLICY.lock().unwrap_or_else(PoisonError::into_inner);
-            if !with_policy.contains(&name) {
-                with_policy.insert(name.clone());
-            }
-        }
+        mark_policy(&name);
         let cluster = match registry.cluster_or_create(&name) {
-            Ok(c) => Some(c),
+            Ok(c) => {
+                // A filter config without "cluster" governs it from now on.
+                crate::filter::apply_default(registry, &name);
+                Some(c)
+            }
             Err(e) => {
                 crate::log(Level::Error, &format!("wscap lb: cluster {name:?}: {e}"));
                 None

@@ -16,6 +16,19 @@ extern "C" fn envoy_dynamic_module_callback_http_get_header(
     false
 }
 #[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_get_cluster_name(
+    _: *mut c_void,
+    _: *mut EnvoyBuffer,
+) -> bool {
+    false
+}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_get_most_specific_route_config(
+    _: *mut c_void,
+) -> *const c_void {
+    std::ptr::null()
+}
+#[no_mangle]
 extern "C" fn envoy_dynamic_module_callback_http_set_upstream_override_host(
     _: *mut c_void,
     _: ModuleBuffer,

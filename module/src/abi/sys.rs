@@ -88,6 +88,20 @@ extern "C" {
         index: usize,
         count_out: *mut usize,
     ) -> bool;
+    // `http_get_cluster_name(filter_envoy, out) -> bool`: the name of the cluster the route
+    // selected (Envoy's `clusterInfo()` for the stream), false when the route has none. Proved
+    // on 1.40.0 by `tests/tests/gateway.rs` (plain, weighted_clusters and cluster_header routes,
+    // and a direct-response route); exported by 1.38.3 and 1.39.3 too.
+    pub(crate) fn envoy_dynamic_module_callback_http_get_cluster_name(
+        filter_envoy: *mut c_void,
+        name_out: *mut EnvoyBuffer,
+    ) -> bool;
+    // The module pointer that `on_http_filter_per_route_config_new` returned for the most
+    // specific `typed_per_filter_config` of the stream's route (route, then virtual host), or
+    // NULL when there is none.
+    pub(crate) fn envoy_dynamic_module_callback_get_most_specific_route_config(
+        filter_envoy: *mut c_void,
+    ) -> *const c_void;
     pub(crate) fn envoy_dynamic_module_callback_http_set_upstream_override_host(
         filter_envoy: *mut c_void,
         host: ModuleBuffer,
