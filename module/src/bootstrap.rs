@@ -165,17 +165,9 @@ pub fn admin(
             Some(("scope", "global")) => global = true,
             Some(("scope", "local")) => global = false,
             Some(("scope", other)) => {
-                return (
-                    400,
-                    format!("{{\"error\":\"unknown scope {other:?}: use local or global\"}}\n"),
-                )
+                return error(400, &format!("unknown scope {other:?}: use local or global"))
             }
-            _ => {
-                return (
-                    400,
-                    format!("{{\"error\":\"unknown query parameter {:?}\"}}\n", pair),
-                )
-            }
+            _ => return error(400, &format!("unknown query parameter {pair:?}")),
         }
     }
     if global {
@@ -203,11 +195,17 @@ pub fn admin(
     match format {
         "json" => (200, snapshot().to_json()),
         "prometheus" => (200, snapshot().to_prometheus()),
-        other => (
+        other => error(
             400,
-            format!("{{\"error\":\"unknown format {other:?}: use json or prometheus\"}}\n"),
+            &format!("unknown format {other:?}: use json or prometheus"),
         ),
     }
+}
+
+/// An error answer: `{"error": message}` as valid JSON, whatever the message holds (a query
+/// string is the client's text: quotes, backslashes and control characters are escaped).
+fn error(status: u32, message: &str) -> (u32, String) {
+    (status, format!("{}\n", serde_json::json!({ "error": message })))
 }
 
 #[cfg(test)]
@@ -306,6 +304,26 @@ mod tests {
         assert_eq!(s, 200);
         assert!(body.contains("# TYPE wscap_active_connections gauge"));
         assert_eq!(local("GET", "/wscap?format=xml").0, 400);
+        // Error bodies are JSON whatever the client sent (quotes, backslashes, control bytes).
+        for q in [
+            "format=x\"y",
+            "format=\\",
+            "scope=\"}",
+            "a\"b=c",
+            "format=%22",
+            "x=\u{1}\n",
+        ] {
+            let (s, body) = local("GET", &format!("/wscap?{q}"));
+            assert_eq!(s, 400, "{q}");
+            let doc: serde_json::Value = serde_json::from_str(&body)
+                .unwrap_or_else(|e| panic!("{q}: error body is not JSON ({e}): {body}"));
+            assert!(doc["error"].is_string(), "{q}: {doc}");
+        }
+        for (m, p) in [("POST", "/wscap"), ("GET", "/wscapx")] {
+            let body = local(m, p).1;
+            let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert!(doc["error"].is_string());
+        }
         assert_eq!(local("GET", "/wscap?x=1").0, 400);
         assert_eq!(local("POST", "/wscap").0, 405);
         assert_eq!(local("GET", "/wscapx").0, 404);

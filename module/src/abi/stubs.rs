@@ -169,6 +169,14 @@ extern "C" fn envoy_dynamic_module_callback_lb_get_healthy_host_address(
     false
 }
 #[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_lb_get_host_health(
+    _: *mut c_void,
+    _: u32,
+    _: usize,
+) -> i32 {
+    0
+}
+#[no_mangle]
 extern "C" fn envoy_dynamic_module_callback_lb_get_host_metadata_number(
     _: *mut c_void,
     _: u32,

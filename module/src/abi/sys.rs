@@ -61,6 +61,9 @@ pub(crate) const HEADER_REQUEST: i32 = 0;
 pub(crate) const HEADER_RESPONSE: i32 = 2;
 /// `envoy_dynamic_module_type_attribute_id_UpstreamAddress` (`upstream.address`).
 pub(crate) const ATTRIBUTE_UPSTREAM_ADDRESS: i32 = 41;
+/// `envoy_dynamic_module_type_host_health`.
+pub(crate) const HOST_HEALTH_DEGRADED: i32 = 1;
+pub(crate) const HOST_HEALTH_HEALTHY: i32 = 2;
 /// `envoy_dynamic_module_type_metrics_result_Success`.
 pub(crate) const METRICS_SUCCESS: i32 = 0;
 /// HTTP header hook results.
@@ -220,6 +223,14 @@ extern "C" {
         index: usize,
         address_out: *mut EnvoyBuffer,
     ) -> bool;
+    // `lb_get_host_health(lb, priority, index) -> health` over *all* hosts of a priority:
+    // 0 unhealthy, 1 degraded, 2 healthy (Envoy's `Host::Health` order). Proved on 1.40.0 by
+    // `tests/tests/priorities.rs` (EDS `health_status: DEGRADED` reads 1).
+    pub(crate) fn envoy_dynamic_module_callback_lb_get_host_health(
+        lb_envoy: *mut c_void,
+        priority: u32,
+        index: usize,
+    ) -> i32;
     pub(crate) fn envoy_dynamic_module_callback_lb_get_host_metadata_number(
         lb_envoy: *mut c_void,
         priority: u32,
