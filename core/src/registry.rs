@@ -976,6 +976,50 @@ impl Registry {
         Ok(cluster)
     }
 
+    /// Retires a cluster its proxy no longer has (e.g. CDS removed it): every host drains
+    /// (no new admission; live connections stay counted until they close), and once none is
+    /// left the cluster is dropped from the registry. Returns true once it is gone (at once
+    /// when it held no connection); call again later otherwise. Idempotent.
+    ///
+    /// A cluster that comes back under the same name before it is gone keeps its hosts' live
+    /// counts (the next [`Cluster::set_hosts`] revives them); after it is gone it starts afresh.
+    ///
+    /// ```
+    /// # use wscap_core::{Registry, HostSpec};
+    /// let reg = Registry::new();
+    /// reg.set_default_limit("c", 5).unwrap();
+    /// reg.set_hosts("c", &[HostSpec::parse("10.0.0.1:80").unwrap()]).unwrap();
+    /// let p = reg.acquire("c").unwrap();
+    /// assert!(!reg.retire("c"), "a connection is still open");
+    /// assert!(reg.acquire("c").is_err());
+    /// drop(p);
+    /// assert!(reg.retire("c"));
+    /// assert!(reg.cluster("c").is_none());
+    /// ```
+    pub fn retire(&self, name: &str) -> bool {
+        let Some(cluster) = self.cluster(name) else {
+            return true;
+        };
+        cluster.set_hosts(&[]);
+        let _guard = self.write.lock();
+        // Under the cluster's own lock: no membership change can slip in between the check and
+        // the removal.
+        let _config = cluster.0.config.lock();
+        if !cluster.0.hosts.load().list.is_empty() {
+            return false;
+        }
+        let current = self.clusters.load_full();
+        if current
+            .get(name)
+            .is_some_and(|c| Arc::ptr_eq(&c.0, &cluster.0))
+        {
+            let mut next = HashMap::clone(&current);
+            next.remove(name);
+            self.clusters.store(Arc::new(next));
+        }
+        true
+    }
+
     /// Sets the default cap ([`Cluster::set_default_cap`]) of every cluster, present and to come.
     ///
     /// ```

@@ -1,10 +1,10 @@
 //! The bootstrap extension `wscap`: the admin endpoint `GET /wscap` and the periodic gauge
 //! refresh (main thread).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, PoisonError};
 
-use wscap_core::Snapshot;
+use wscap_core::{Registry, Snapshot};
 use wscap_global::FleetView;
 
 use crate::config::BootstrapSettings;
@@ -37,6 +37,8 @@ pub struct Bootstrap {
     reported: Mutex<HashMap<(String, String), (u64, u64)>>,
     /// Global mode: whether the coordinator's last round reached Redis, as last logged.
     redis_ok: Mutex<Option<bool>>,
+    /// Clusters Envoy removed (CDS) that still hold connections: retired on each tick.
+    retired: Mutex<HashSet<String>>,
 }
 
 impl Bootstrap {
@@ -47,7 +49,50 @@ impl Bootstrap {
             gauges,
             reported: Mutex::new(HashMap::new()),
             redis_ok: Mutex::new(None),
+            retired: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Envoy removed `cluster` (CDS): its hosts drain and it is dropped from `registry` once
+    /// its last connection closes ([`Registry::retire`], retried by [`Bootstrap::sweep`]).
+    /// A filter without `"cluster"` stops governing it at once.
+    pub fn cluster_removed(&self, registry: &Registry, cluster: &str) {
+        crate::lb::unmark_policy(cluster);
+        let gone = registry.retire(cluster);
+        crate::log(
+            crate::Level::Info,
+            &format!(
+                "wscap: cluster {cluster:?} removed by Envoy: {}",
+                if gone {
+                    "its state is freed"
+                } else {
+                    "its hosts drain; its state is freed when their last connection closes"
+                }
+            ),
+        );
+        if !gone {
+            self.retired
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(cluster.to_owned());
+        }
+    }
+
+    /// Envoy added (or updated) `cluster`: if it was being retired, it is back (its LB policy
+    /// feeds its hosts again, reviving those still counted).
+    pub fn cluster_added(&self, cluster: &str) {
+        self.retired
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(cluster);
+    }
+
+    /// Drops the removed clusters whose last connection has closed. Returns how many are still
+    /// waiting.
+    pub fn sweep(&self, registry: &Registry) -> usize {
+        let mut retired = self.retired.lock().unwrap_or_else(PoisonError::into_inner);
+        retired.retain(|c| !registry.retire(c));
+        retired.len()
     }
 
     /// Global mode: logs when the coordinator loses or regains Redis (checked on every timer
@@ -165,7 +210,10 @@ pub fn admin(
             Some(("scope", "global")) => global = true,
             Some(("scope", "local")) => global = false,
             Some(("scope", other)) => {
-                return error(400, &format!("unknown scope {other:?}: use local or global"))
+                return error(
+                    400,
+                    &format!("unknown scope {other:?}: use local or global"),
+                )
             }
             _ => return error(400, &format!("unknown query parameter {pair:?}")),
         }
@@ -205,7 +253,10 @@ pub fn admin(
 /// An error answer: `{"error": message}` as valid JSON, whatever the message holds (a query
 /// string is the client's text: quotes, backslashes and control characters are escaped).
 fn error(status: u32, message: &str) -> (u32, String) {
-    (status, format!("{}\n", serde_json::json!({ "error": message })))
+    (
+        status,
+        format!("{}\n", serde_json::json!({ "error": message })),
+    )
 }
 
 #[cfg(test)]
@@ -290,6 +341,36 @@ mod tests {
         assert_eq!(b.watch_redis(&v), None);
         v.redis_ok = true;
         assert!(b.watch_redis(&v).unwrap().contains("reachable again"));
+    }
+
+    #[test]
+    fn a_removed_cluster_is_freed_once_its_last_connection_closes() {
+        let reg = Registry::new();
+        reg.set_default_limit("gone", 2).unwrap();
+        reg.set_hosts(
+            "gone",
+            &[wscap_core::HostSpec::parse("10.0.0.1:80").unwrap()],
+        )
+        .unwrap();
+        reg.set_default_limit("quick", 2).unwrap();
+        let p = reg.acquire("gone").unwrap();
+        let b = Bootstrap::new(BootstrapSettings::default(), Gauges::default());
+        b.cluster_removed(&reg, "gone");
+        b.cluster_removed(&reg, "quick");
+        assert!(
+            reg.cluster("quick").is_none(),
+            "no connection: freed at once"
+        );
+        assert_eq!(b.sweep(&reg), 1);
+        assert!(reg.acquire("gone").is_err(), "no new admission");
+        assert_eq!(
+            reg.snapshot().clusters[0].hosts[0].active,
+            1,
+            "still counted"
+        );
+        drop(p);
+        assert_eq!(b.sweep(&reg), 0);
+        assert!(reg.cluster("gone").is_none());
     }
 
     #[test]

@@ -173,9 +173,10 @@ pub fn connection_has_upgrade(connection: &[u8]) -> bool {
 #[derive(Debug)]
 pub struct FilterConfig {
     registry: &'static Registry,
-    /// The one cluster this filter governs (resolved at load); `None`: every routed cluster
-    /// that has the wscap LB policy.
-    one: Option<Cluster>,
+    /// The one cluster this filter governs; `None`: every routed cluster that has the wscap LB
+    /// policy. Looked up per WebSocket (a lock-free map read), so a cluster that CDS removed and
+    /// added again is found afresh.
+    one: Option<String>,
     default_limit: u32,
     retry_after_seconds: u32,
     metrics: FilterMetrics,
@@ -261,14 +262,11 @@ impl FilterConfig {
                 wscap_core::MAX_LIMIT
             ));
         }
-        let one = match &settings.cluster {
-            Some(name) => Some(
-                registry
-                    .cluster_or_create(name)
-                    .map_err(|e| e.to_string())?,
-            ),
-            None => None,
-        };
+        if let Some(name) = &settings.cluster {
+            registry
+                .cluster_or_create(name)
+                .map_err(|e| e.to_string())?;
+        }
         let claim = NEXT_CLAIM.fetch_add(1, Ordering::Relaxed);
         CLAIMS
             .lock()
@@ -284,7 +282,7 @@ impl FilterConfig {
         }
         Ok(FilterConfig {
             registry,
-            one,
+            one: settings.cluster.clone(),
             default_limit: settings.max_connections_per_host,
             retry_after_seconds: settings.retry_after_seconds,
             metrics,
@@ -301,15 +299,18 @@ impl FilterConfig {
     }
 
     /// The one cluster this config governs, when it names one.
-    pub fn cluster(&self) -> Option<&Cluster> {
-        self.one.as_ref()
+    pub fn cluster(&self) -> Option<Cluster> {
+        self.one
+            .as_deref()
+            .and_then(|n| self.registry.cluster_or_create(n).ok())
     }
 
     /// The cluster a WebSocket routed to `routed` is admitted on, if this config governs it:
     /// the named one, or (without a name) any cluster that has the wscap LB policy.
     pub fn governs(&self, routed: &str) -> Option<Cluster> {
         match &self.one {
-            Some(c) => (c.name() == routed).then(|| c.clone()),
+            Some(name) if name == routed => self.registry.cluster_or_create(routed).ok(),
+            Some(_) => None,
             None if crate::lb::has_policy(routed) => self.registry.cluster(routed),
             None => None,
         }

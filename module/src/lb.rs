@@ -433,10 +433,7 @@ mod tests {
         v.prios[0][2].healthy = false;
         assert_eq!(
             tiers(&v),
-            [
-                ("10.0.0.2:80".to_owned(), 1),
-                ("10.0.1.1:80".to_owned(), 0),
-            ]
+            [("10.0.0.2:80".to_owned(), 1), ("10.0.1.1:80".to_owned(), 0),]
         );
     }
 

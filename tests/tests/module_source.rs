@@ -39,7 +39,11 @@ fn bootstrap(pod: &Backend) -> Value {
     );
     config::bootstrap(
         std::slice::from_ref(&l),
-        vec![config::static_cluster(CLUSTER, &[Endpoint::new(pod.addr)], true)],
+        vec![config::static_cluster(
+            CLUSTER,
+            &[Endpoint::new(pod.addr)],
+            true,
+        )],
         true,
     )
 }
@@ -68,7 +72,9 @@ async fn local_filename_without_search_path_and_a_metrics_namespace() {
     })
     .await;
     let held = connect(port, "/ws").await.expect_open("first");
-    let refused = connect(port, "/ws").await.expect_refused("over the limit of 1");
+    let refused = connect(port, "/ws")
+        .await
+        .expect_refused("over the limit of 1");
     assert_eq!(refused.header("x-wscap-reason"), Some("no_capacity"));
     assert_eq!(pod.active(), 1);
     let host = pod.host();

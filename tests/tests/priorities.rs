@@ -98,7 +98,10 @@ async fn priorities_and_health_steer_like_envoy() {
     let first = connect(port, "/ws").await.expect_open("first");
     assert_eq!(first.backend, "a", "the healthy host of priority 0 first");
     let second = connect(port, "/ws").await.expect_open("second");
-    assert_eq!(second.backend, "b", "the degraded host once no healthy one has room");
+    assert_eq!(
+        second.backend, "b",
+        "the degraded host once no healthy one has room"
+    );
     let third = connect(port, "/ws").await.expect_refused("priority 0 full");
     assert_eq!(third.header("x-wscap-reason"), Some("no_capacity"));
     assert_eq!((a.active(), b.active(), c.active()), (1, 1, 0));
@@ -156,7 +159,9 @@ async fn priorities_and_health_steer_like_envoy() {
     .await;
     drop(first);
     eventually("a freed", SETTLE, || async {
-        (a.active() == 0).then_some(()).ok_or(a.active().to_string())
+        (a.active() == 0)
+            .then_some(())
+            .ok_or(a.active().to_string())
     })
     .await;
     let fifth = connect(port, "/ws").await.expect_open("a again");

@@ -116,6 +116,12 @@ extern "C" fn envoy_dynamic_module_callback_bootstrap_extension_config_signal_in
 ) {
 }
 #[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_bootstrap_extension_enable_cluster_lifecycle(
+    _: *mut c_void,
+) -> bool {
+    false
+}
+#[no_mangle]
 extern "C" fn envoy_dynamic_module_callback_bootstrap_extension_timer_new(
     _: *mut c_void,
 ) -> *mut c_void {

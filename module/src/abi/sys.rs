@@ -185,6 +185,12 @@ extern "C" {
     pub(crate) fn envoy_dynamic_module_callback_bootstrap_extension_config_signal_init_complete(
         config_envoy: *mut c_void,
     );
+    // `enable_cluster_lifecycle(config_envoy) -> bool`: from then on Envoy calls the
+    // `cluster_add_or_update` / `cluster_removal` hooks. Only once the server is initialized
+    // (the cluster manager exists); false before that or when already enabled.
+    pub(crate) fn envoy_dynamic_module_callback_bootstrap_extension_enable_cluster_lifecycle(
+        config_envoy: *mut c_void,
+    ) -> bool;
     pub(crate) fn envoy_dynamic_module_callback_bootstrap_extension_timer_new(
         config_envoy: *mut c_void,
     ) -> *mut c_void;
