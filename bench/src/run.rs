@@ -155,6 +155,7 @@ async fn start(
         concurrency,
         module: kind.module(),
         extra_args: Vec::new(),
+        hot_restart: None,
     };
     let envoy = Envoy::try_start(&boot, &opts).await?;
     if pin {

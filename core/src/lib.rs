@@ -37,6 +37,8 @@ mod error;
 mod permit;
 #[cfg(not(loom))]
 mod registry;
+#[cfg(not(loom))]
+mod shared;
 /// The per-host slot state machine (public only for loom model checks).
 #[cfg(loom)]
 pub mod slot;
@@ -55,6 +57,10 @@ pub use permit::Permit;
 pub use registry::{
     Cluster, Host, HostSpec, MembershipChange, Registry, FULL_SCAN_MAX_HOSTS, SAMPLED_CHOICES,
     STANDBY,
+};
+#[cfg(not(loom))]
+pub use shared::{
+    clear_shared_column, SharedCounter, SharedCounts, SHARED_COLUMNS, SHARED_MAX_PER_PROCESS,
 };
 #[cfg(not(loom))]
 pub use snapshot::{ClusterSnapshot, HostSnapshot, HostState, RejectedCounts, Snapshot};

@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 
+use crate::shared::{SharedCounter, SharedCounts};
 use crate::slot::{Refusal, SlotState};
 use crate::snapshot::{ClusterSnapshot, HostSnapshot, HostState, RejectedCounts, Snapshot};
 use crate::{ConfigError, HostAddr, Permit, Rejected, MAX_LIMIT};
@@ -120,6 +121,8 @@ pub struct MembershipChange {
 /// every [`Permit`] on it.
 pub(crate) struct HostSlot {
     hot: CachePadded<Hot>,
+    /// The host's word shared with other processes, if the registry has [`SharedCounts`].
+    shared: Option<SharedCounter>,
     rejected: CachePadded<AtomicU64>,
     addr: HostAddr,
     cluster_name: Arc<str>,
@@ -145,8 +148,24 @@ impl HostSlot {
     /// Called by [`Permit`]'s drop: gives the slot back exactly once per permit.
     #[inline]
     pub(crate) fn release(&self) {
+        if let Some(shared) = &self.shared {
+            shared.sub();
+        }
         if self.hot.state.release() {
             self.vacated();
+        }
+    }
+
+    /// Takes a slot under `default` (see [`SlotState::try_acquire_for`]) and, in shared mode,
+    /// on the shared word too.
+    #[inline]
+    fn try_acquire(&self, default: Option<u32>) -> Result<u32, Refusal> {
+        match &self.shared {
+            None => self.hot.state.try_acquire_for(default),
+            Some(shared) => self
+                .hot
+                .state
+                .try_acquire_then(default, |limit| shared.try_add(limit)),
         }
     }
 
@@ -231,7 +250,7 @@ impl Host {
     /// ```
     #[inline]
     pub fn try_acquire(&self) -> Result<Permit, Rejected> {
-        match self.0.hot.state.try_acquire() {
+        match self.0.try_acquire(None) {
             Ok(now) => {
                 self.0.note_admission(now);
                 Ok(Permit::new(Arc::clone(&self.0)))
@@ -327,6 +346,7 @@ impl HostSet {
 
 struct ClusterShared {
     name: Arc<str>,
+    shared: Option<Arc<dyn SharedCounts>>,
     hosts: ArcSwap<HostSet>,
     config: Mutex<ClusterConfig>,
     rejected_no_capacity: CachePadded<AtomicU64>,
@@ -414,9 +434,15 @@ impl ClusterShared {
 pub struct Cluster(Arc<ClusterShared>);
 
 impl Cluster {
-    fn new(name: &str, default_limit: u32, default_cap: Option<u32>) -> Self {
+    fn new(
+        name: &str,
+        default_limit: u32,
+        default_cap: Option<u32>,
+        shared: Option<Arc<dyn SharedCounts>>,
+    ) -> Self {
         Cluster(Arc::new(ClusterShared {
             name: Arc::from(name),
+            shared,
             hosts: ArcSwap::from_pointee(HostSet::default()),
             config: Mutex::new(ClusterConfig {
                 default_limit,
@@ -490,7 +516,7 @@ impl Cluster {
             let Some(slot) = pick else {
                 return Err(self.refuse(list));
             };
-            match slot.hot.state.try_acquire_for(default) {
+            match slot.try_acquire(default) {
                 Ok(now) => {
                     slot.note_admission(now);
                     return Ok(Permit::new(Arc::clone(slot)));
@@ -556,6 +582,14 @@ impl Cluster {
             };
             match slot.hot.state.force_acquire() {
                 Ok(now) => {
+                    if let Some(shared) = &slot.shared {
+                        if !shared.force_add() {
+                            // The shared field is full: count it locally only (released the
+                            // same way); never refuse a connection that already exists.
+                            slot.hot.state.release();
+                            return Err(Rejected::NoCapacity);
+                        }
+                    }
                     slot.note_admission(now);
                     return Ok(Permit::new(slot));
                 }
@@ -664,12 +698,18 @@ impl Cluster {
                     config.overrides.get(&h.addr).copied(),
                     config.cap(&h.addr),
                 );
+                let shared = self
+                    .0
+                    .shared
+                    .as_ref()
+                    .and_then(|s| s.counter(&self.0.name, &h.addr));
                 list.push(Arc::new(HostSlot {
                     hot: CachePadded::new(Hot {
                         state,
                         peak: std::sync::atomic::AtomicU32::new(0),
                         tier: std::sync::atomic::AtomicU8::new(h.tier),
                     }),
+                    shared,
                     rejected: CachePadded::new(AtomicU64::new(0)),
                     addr: h.addr.clone(),
                     cluster_name: Arc::clone(&self.0.name),
@@ -905,6 +945,7 @@ fn check_limit(limit: u32) -> Result<(), ConfigError> {
 /// ```
 pub struct Registry {
     clusters: ArcSwap<HashMap<Arc<str>, Cluster>>,
+    shared: Option<Arc<dyn SharedCounts>>,
     /// Serialises cluster creation; holds the default cap of clusters to come.
     write: Mutex<Option<u32>>,
 }
@@ -932,7 +973,44 @@ impl Registry {
     pub fn new() -> Self {
         Registry {
             clusters: ArcSwap::from_pointee(HashMap::new()),
+            shared: None,
             write: Mutex::new(None),
+        }
+    }
+
+    /// A registry whose hosts also count in words shared with other processes (see
+    /// [`SharedCounts`]): an admission needs room in this process's view *and* in the shared
+    /// word, so a host's limit holds across every process that shares it. Each process still
+    /// reports its own connections as `active`.
+    ///
+    /// ```
+    /// use std::sync::{atomic::AtomicU64, Arc};
+    /// use wscap_core::{HostAddr, HostSpec, Registry, SharedCounter, SharedCounts};
+    /// struct OneWord(&'static AtomicU64, u32);
+    /// impl SharedCounts for OneWord {
+    ///     fn counter(&self, _: &str, _: &HostAddr) -> Option<SharedCounter> {
+    ///         SharedCounter::new(self.0, self.1)
+    ///     }
+    /// }
+    /// let word: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(0)));
+    /// let (old, new) = (
+    ///     Registry::with_shared_counts(Arc::new(OneWord(word, 0))),
+    ///     Registry::with_shared_counts(Arc::new(OneWord(word, 1))),
+    /// );
+    /// for r in [&old, &new] {
+    ///     r.set_default_limit("pods", 2).unwrap();
+    ///     r.set_hosts("pods", &[HostSpec::parse("10.0.0.1:80").unwrap()]).unwrap();
+    /// }
+    /// let a = old.acquire("pods").unwrap();
+    /// let b = new.acquire("pods").unwrap();
+    /// assert!(new.acquire("pods").is_err(), "2 across both");
+    /// drop(a);
+    /// let _c = new.acquire("pods").unwrap();
+    /// ```
+    pub fn with_shared_counts(shared: Arc<dyn SharedCounts>) -> Self {
+        Registry {
+            shared: Some(shared),
+            ..Registry::new()
         }
     }
 
@@ -969,7 +1047,7 @@ impl Registry {
         if let Some(c) = current.get(name) {
             return Ok(c.clone());
         }
-        let cluster = Cluster::new(name, 0, *default_cap);
+        let cluster = Cluster::new(name, 0, *default_cap, self.shared.clone());
         let mut next = HashMap::clone(&current);
         next.insert(Arc::from(name), cluster.clone());
         self.clusters.store(Arc::new(next));

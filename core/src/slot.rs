@@ -68,6 +68,7 @@ impl SlotState {
     /// Takes one slot if the host is live and below its limit. Read, then CAS: the count never
     /// goes above the limit, not even for a moment, and a refusal costs two loads.
     /// Returns the new count.
+    #[cfg(any(test, loom))]
     #[inline]
     pub fn try_acquire(&self) -> Result<u32, Refusal> {
         self.try_acquire_for(None)
@@ -93,6 +94,19 @@ impl SlotState {
     /// CAS and re-check, so a concurrent [`SlotState::set_limits`] is honoured the same way.
     #[inline]
     pub fn try_acquire_for(&self, default: Option<u32>) -> Result<u32, Refusal> {
+        self.try_acquire_then(default, |_| true)
+    }
+
+    /// [`SlotState::try_acquire_for`], then `also(limit)` once the slot is taken (with the
+    /// limit that admission obeyed): when `also` refuses, the admission is taken back (counter
+    /// included) and refused as [`Refusal::Full`]. Shared counts use it: the host's word in
+    /// shared memory is the second, cross-process check.
+    #[inline]
+    pub fn try_acquire_then(
+        &self,
+        default: Option<u32>,
+        also: impl FnOnce(u32) -> bool,
+    ) -> Result<u32, Refusal> {
         let mut cur = self.word.load(Ordering::Acquire);
         loop {
             check_live(cur)?;
@@ -112,7 +126,8 @@ impl SlotState {
                     // word ([`SlotState::set_limits`]). Both RMWs are ordered on the word: if
                     // ours came first, the writer's RMW reads our count; if the writer's came
                     // first, our CAS acquired it and this load sees the new limit.
-                    if active + 1 > u64::from(self.limit_for(default)) {
+                    let limit = self.limit_for(default);
+                    if active + 1 > u64::from(limit) || !also(limit) {
                         return Err(if self.undo(next) {
                             Refusal::Vacated
                         } else {

@@ -27,11 +27,13 @@ pub mod bootstrap;
 pub mod config;
 pub mod filter;
 pub mod global;
+pub mod hot_restart;
 pub mod lb;
 
 /// The process-wide registry shared by the filter (workers), the LB policy (main + workers)
-/// and the bootstrap extension (main).
-pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
+/// and the bootstrap extension (main); with Envoy's hot restart on, its counts are shared with
+/// the other process of a restart ([`hot_restart`]).
+pub static REGISTRY: LazyLock<Registry> = LazyLock::new(hot_restart::registry);
 
 /// The ABI version this module is written against (Envoy 1.40.0 reports `v0.2.0`).
 pub const ABI_VERSION: &str = "v0.2.0";

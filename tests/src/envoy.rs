@@ -25,6 +25,8 @@ pub struct Opts {
     pub module: bool,
     /// Extra command-line arguments.
     pub extra_args: Vec<String>,
+    /// Hot restart on, as `(base id, restart epoch)`; `None`: `--disable-hot-restart`.
+    pub hot_restart: Option<(u32, u32)>,
 }
 
 impl Opts {
@@ -34,6 +36,7 @@ impl Opts {
             concurrency,
             module: true,
             extra_args: Vec::new(),
+            hot_restart: None,
         }
     }
 
@@ -43,6 +46,7 @@ impl Opts {
             concurrency,
             module: false,
             extra_args: Vec::new(),
+            hot_restart: None,
         }
     }
 }
@@ -62,9 +66,16 @@ fn command(config_path: &Path, log_path: &Path, admin_path: &Path, opts: &Opts) 
     cmd.arg("-c")
         .arg(config_path)
         .arg("--concurrency")
-        .arg(opts.concurrency.to_string())
-        .arg("--disable-hot-restart")
-        .arg("--admin-address-path")
+        .arg(opts.concurrency.to_string());
+    match opts.hot_restart {
+        None => cmd.arg("--disable-hot-restart"),
+        Some((base_id, epoch)) => cmd
+            .arg("--base-id")
+            .arg(base_id.to_string())
+            .arg("--restart-epoch")
+            .arg(epoch.to_string()),
+    };
+    cmd.arg("--admin-address-path")
         .arg(admin_path)
         .arg("-l")
         .arg(std::env::var("WSCAP_E2E_ENVOY_LOG_LEVEL").unwrap_or_else(|_| "info".into()))

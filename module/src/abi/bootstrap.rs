@@ -171,6 +171,7 @@ pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_timer_fired(
         "bootstrap_extension_timer_fired",
         || {
             cfg.state.sweep(&REGISTRY);
+            crate::hot_restart::reap();
             cfg.state
                 .refresh(&REGISTRY.snapshot(), &EnvoyBootstrapConfig(config_envoy));
             if let Some(c) = crate::global::coordinator() {
