@@ -24,6 +24,7 @@
 pub mod backend;
 pub mod client;
 pub mod config;
+pub mod dns;
 pub mod envoy;
 pub mod example;
 pub mod http;
