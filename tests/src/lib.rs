@@ -28,6 +28,7 @@ pub mod dns;
 pub mod envoy;
 pub mod example;
 pub mod http;
+pub mod k8s;
 pub mod metrics;
 pub mod redis;
 pub mod rig;
