@@ -136,7 +136,10 @@ fn find_mut<'a>(arr: &'a mut Value, name: &str, what: &str) -> &'a mut Value {
 }
 
 fn swap(slot: &mut Value, expect: Value, to: Value, what: &str) {
-    assert_eq!(*slot, expect, "{what}: the manifest changed; update tests/src/k8s.rs");
+    assert_eq!(
+        *slot, expect,
+        "{what}: the manifest changed; update tests/src/k8s.rs"
+    );
     *slot = to;
 }
 
@@ -144,13 +147,28 @@ fn swap(slot: &mut Value, expect: Value, to: Value, what: &str) {
 pub fn for_loopback(config: &Value, lo: &Loopback) -> Value {
     let mut c = config.clone();
     let admin = &mut c["admin"]["address"]["socket_address"];
-    swap(&mut admin["address"], json!("127.0.0.1"), json!("127.0.0.1"), "admin address");
-    swap(&mut admin["port_value"], json!(9901), json!(lo.admin_port), "admin port");
+    swap(
+        &mut admin["address"],
+        json!("127.0.0.1"),
+        json!("127.0.0.1"),
+        "admin address",
+    );
+    swap(
+        &mut admin["port_value"],
+        json!(9901),
+        json!(lo.admin_port),
+        "admin port",
+    );
 
     for (name, port) in [("ingress", 8080), ("metrics", 9902)] {
         let l = find_mut(&mut c["static_resources"]["listeners"], name, "listener");
         let sa = &mut l["address"]["socket_address"];
-        swap(&mut sa["address"], json!("0.0.0.0"), json!("127.0.0.1"), name);
+        swap(
+            &mut sa["address"],
+            json!("0.0.0.0"),
+            json!("127.0.0.1"),
+            name,
+        );
         swap(&mut sa["port_value"], json!(port), json!(0), name);
     }
 
@@ -179,7 +197,11 @@ pub fn for_loopback(config: &Value, lo: &Loopback) -> Value {
     cares["resolvers"] = json!([{"socket_address": {
         "address": lo.dns.ip().to_string(), "port_value": lo.dns.port()}}]);
 
-    let ext = find_mut(&mut c["bootstrap_extensions"], "wscap", "bootstrap extension");
+    let ext = find_mut(
+        &mut c["bootstrap_extensions"],
+        "wscap",
+        "bootstrap extension",
+    );
     let slot = &mut ext["typed_config"]["extension_config"]["value"];
     let mut cfg: Value =
         serde_json::from_str(slot.as_str().expect("extension_config is a string")).expect("json");

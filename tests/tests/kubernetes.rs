@@ -86,7 +86,8 @@ fn volume<'a>(pod_spec: &'a Value, name: &str) -> &'a Value {
 
 /// The Dockerfile's stages: name → (base image, [(source, destination)] of its COPY lines).
 fn dockerfile_stages() -> BTreeMap<String, (String, Vec<(String, String)>)> {
-    let text = std::fs::read_to_string(k8s::manifests_dir().join("Dockerfile")).expect("Dockerfile");
+    let text =
+        std::fs::read_to_string(k8s::manifests_dir().join("Dockerfile")).expect("Dockerfile");
     let mut out = BTreeMap::new();
     let mut cur: Option<String> = None;
     for line in text.lines().map(str::trim) {
@@ -128,7 +129,10 @@ fn check_envoy_pod(dep: &Value, file: &str, envoy_cfg: &Value) -> String {
         .unwrap_or_else(|| panic!("{file}: envoy has no -c"));
     let cm_vol = spec["volumes"]
         .as_array()
-        .and_then(|vs| vs.iter().find(|v| v["configMap"]["name"] == k8s::CONFIGMAP.0))
+        .and_then(|vs| {
+            vs.iter()
+                .find(|v| v["configMap"]["name"] == k8s::CONFIGMAP.0)
+        })
         .unwrap_or_else(|| panic!("{file}: no volume from ConfigMap {}", k8s::CONFIGMAP.0));
     let dir = mount_path(envoy, cm_vol["name"].as_str().expect("volume name"))
         .unwrap_or_else(|| panic!("{file}: the ConfigMap volume is not mounted in envoy"));
@@ -145,8 +149,16 @@ fn check_envoy_pod(dep: &Value, file: &str, envoy_cfg: &Value) -> String {
             .and_then(|x| x["address"]["socket_address"]["port_value"].as_u64())
             .unwrap_or_else(|| panic!("listener {l}"))
     };
-    assert_eq!(named_port(envoy, "http"), port_of("ingress"), "{file}: http");
-    assert_eq!(named_port(envoy, "metrics"), port_of("metrics"), "{file}: metrics");
+    assert_eq!(
+        named_port(envoy, "http"),
+        port_of("ingress"),
+        "{file}: http"
+    );
+    assert_eq!(
+        named_port(envoy, "metrics"),
+        port_of("metrics"),
+        "{file}: metrics"
+    );
     let probe = &envoy["readinessProbe"]["httpGet"];
     assert_eq!(probe["path"], "/ready", "{file}: readiness path");
     assert_eq!(probe["port"], "metrics", "{file}: readiness port");
@@ -170,7 +182,13 @@ fn manifests_parse_and_refer_to_each_other() {
         }
         assert!(!d.name().is_empty(), "{}: metadata.name", d.file);
         if d.kind() != "Namespace" {
-            assert_eq!(d.value["metadata"]["namespace"], NS, "{} {}", d.file, d.name());
+            assert_eq!(
+                d.value["metadata"]["namespace"],
+                NS,
+                "{} {}",
+                d.file,
+                d.name()
+            );
         }
     }
     one(&docs, "namespace.yaml", "Namespace", NS);
@@ -184,16 +202,29 @@ fn manifests_parse_and_refer_to_each_other() {
         .filter_map(Value::as_str)
         .collect();
     for r in &res {
-        assert!(k8s::manifests_dir().join(r).is_file(), "kustomization: {r} missing");
+        assert!(
+            k8s::manifests_dir().join(r).is_file(),
+            "kustomization: {r} missing"
+        );
     }
-    for f in ["namespace.yaml", "redis.yaml", "backend.yaml", "envoy-config.yaml", "envoy.yaml"] {
+    for f in [
+        "namespace.yaml",
+        "redis.yaml",
+        "backend.yaml",
+        "envoy-config.yaml",
+        "envoy.yaml",
+    ] {
         assert!(res.contains(&f), "kustomization lacks {f}");
     }
 
     // Each Deployment selects its own pods; each Service selects the pods of one Deployment of
     // the default set, and its targetPort is a named port of that pod.
     let deployments: Vec<&Doc> = docs.iter().filter(|d| d.kind() == "Deployment").collect();
-    assert_eq!(deployments.len(), 5, "ws-backend, redis, envoy-wscap ×3 ways");
+    assert_eq!(
+        deployments.len(),
+        5,
+        "ws-backend, redis, envoy-wscap ×3 ways"
+    );
     for d in &deployments {
         assert!(
             selects(
@@ -218,7 +249,12 @@ fn manifests_parse_and_refer_to_each_other() {
                 )
             })
             .collect();
-        assert_eq!(targets.len(), 1, "Service {} selects one Deployment", svc.name());
+        assert_eq!(
+            targets.len(),
+            1,
+            "Service {} selects one Deployment",
+            svc.name()
+        );
         let pod = &targets[0].value["spec"]["template"]["spec"];
         for p in svc.value["spec"]["ports"].as_array().expect("ports") {
             let target = p["targetPort"].as_str().expect("named targetPort");
@@ -227,9 +263,16 @@ fn manifests_parse_and_refer_to_each_other() {
                 .expect("containers")
                 .iter()
                 .any(|c| named_port(c, target) > 0);
-            assert!(found, "Service {}: targetPort {target} not in the pod", svc.name());
+            assert!(
+                found,
+                "Service {}: targetPort {target} not in the pod",
+                svc.name()
+            );
             service_ports.insert(
-                (svc.name().to_string(), p["name"].as_str().unwrap_or("").to_string()),
+                (
+                    svc.name().to_string(),
+                    p["name"].as_str().unwrap_or("").to_string(),
+                ),
                 p["port"].as_u64().expect("port"),
             );
         }
@@ -238,7 +281,10 @@ fn manifests_parse_and_refer_to_each_other() {
     // The Envoy config: the backend cluster resolves the headless Service; its port is the pods'.
     let (_, cfg) = k8s::envoy_config(&docs);
     let backend_svc = one(&docs, "backend.yaml", "Service", "ws-backend");
-    assert_eq!(backend_svc["spec"]["clusterIP"], "None", "ws-backend is headless");
+    assert_eq!(
+        backend_svc["spec"]["clusterIP"], "None",
+        "ws-backend is headless"
+    );
     assert_eq!(
         k8s::backend_dns_name(&cfg),
         format!("ws-backend.{NS}.svc.cluster.local")
@@ -253,7 +299,11 @@ fn manifests_parse_and_refer_to_each_other() {
     let cluster_port = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
         ["address"]["socket_address"]["port_value"]
         .as_u64();
-    assert_eq!(cluster_port, Some(named_port(app, "ws")), "cluster port = pod port");
+    assert_eq!(
+        cluster_port,
+        Some(named_port(app, "ws")),
+        "cluster port = pod port"
+    );
     assert_eq!(
         cluster["load_balancing_policy"]["policies"][0]["typed_extension_config"]["typed_config"]
             ["lb_policy_name"],
@@ -287,7 +337,12 @@ fn manifests_parse_and_refer_to_each_other() {
         "Dockerfile (envoy) copies libwscap.so to {dir_a}"
     );
     // (b) image volume: the module image's /libwscap.so appears at the mount path.
-    let dep_b = one(&docs, "variants/image-volume.yaml", "Deployment", "envoy-wscap");
+    let dep_b = one(
+        &docs,
+        "variants/image-volume.yaml",
+        "Deployment",
+        "envoy-wscap",
+    );
     let dir_b = check_envoy_pod(dep_b, "variants/image-volume.yaml", &cfg);
     let spec_b = &dep_b["spec"]["template"]["spec"];
     assert_eq!(container(spec_b, "envoy")["image"], stages["envoy"].0);
@@ -298,7 +353,12 @@ fn manifests_parse_and_refer_to_each_other() {
     );
     assert!(copies("module").contains(&("libwscap.so".into(), "/libwscap.so".into())));
     // (c) init container: copies its image's file into the emptyDir Envoy mounts.
-    let dep_c = one(&docs, "variants/init-copy.yaml", "Deployment", "envoy-wscap");
+    let dep_c = one(
+        &docs,
+        "variants/init-copy.yaml",
+        "Deployment",
+        "envoy-wscap",
+    );
     let dir_c = check_envoy_pod(dep_c, "variants/init-copy.yaml", &cfg);
     let spec_c = &dep_c["spec"]["template"]["spec"];
     assert_eq!(container(spec_c, "envoy")["image"], stages["envoy"].0);
@@ -317,10 +377,17 @@ fn manifests_parse_and_refer_to_each_other() {
         .expect("copier COPY");
     assert_eq!(
         cmd,
-        ["cp", src_in_image.as_str(), &format!("{init_dir}/libwscap.so")],
+        [
+            "cp",
+            src_in_image.as_str(),
+            &format!("{init_dir}/libwscap.so")
+        ],
         "init container copies the .so into the emptyDir"
     );
-    assert_eq!(mount_path(container(spec_c, "envoy"), "wscap-module"), Some(dir_c.clone()));
+    assert_eq!(
+        mount_path(container(spec_c, "envoy"), "wscap-module"),
+        Some(dir_c.clone())
+    );
     assert_eq!(init_dir, dir_c);
     // The variants differ from envoy.yaml's Deployment only in how the .so arrives.
     for d in [dep_b, dep_c] {
@@ -470,6 +537,22 @@ async fn all_refuse(replicas: &[Replica], retry_after: &str, what: &str) {
     }
 }
 
+/// Close (from the client side, with a close frame) `n` of the held WebSockets open to `backend`.
+async fn close_some_to(held: &mut Vec<WsClient>, backend: &str, n: usize) {
+    let mut closed = 0;
+    let mut keep = Vec::new();
+    for c in held.drain(..) {
+        if closed < n && c.backend == backend {
+            c.close().await;
+            closed += 1;
+        } else {
+            keep.push(c);
+        }
+    }
+    *held = keep;
+    assert_eq!(closed, n, "held WebSockets to {backend}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configmap_config_scales_out_and_in_on_real_envoy() {
     let docs = k8s::load_all();
@@ -491,7 +574,10 @@ async fn configmap_config_scales_out_and_in_on_real_envoy() {
         dns: dns.addr,
         redis_url: redis.url(),
     };
-    let replicas = vec![Replica::start(&cfg, &lo).await, Replica::start(&cfg, &lo).await];
+    let replicas = vec![
+        Replica::start(&cfg, &lo).await,
+        Replica::start(&cfg, &lo).await,
+    ];
     let a_while = Duration::from_secs(30);
     eventually("both replicas resolved the two pods", a_while, || async {
         let v = fleet_view(&replicas, &pods).await;
@@ -510,12 +596,17 @@ async fn configmap_config_scales_out_and_in_on_real_envoy() {
     dns.set(&name, &[pods.ip(0), pods.ip(1), pods.ip(2)]);
     eventually("both replicas resolved pod-3", a_while, || async {
         let v = fleet_view(&replicas, &pods).await;
-        (v[2].1 == ["active", "active"]).then_some(()).ok_or(format!("{v:?}"))
+        (v[2].1 == ["active", "active"])
+            .then_some(())
+            .ok_or(format!("{v:?}"))
     })
     .await;
     let before: Vec<usize> = pods.pods.iter().map(Backend::accepted).collect();
     let new = fill(&replicas, limit, a_while).await;
-    assert!(new.iter().all(|c| c.backend == "pod-3"), "new WebSockets go to the new pod");
+    assert!(
+        new.iter().all(|c| c.backend == "pod-3"),
+        "new WebSockets go to the new pod"
+    );
     assert_eq!(pods.pods[0].accepted(), before[0]);
     assert_eq!(pods.pods[1].accepted(), before[1]);
     assert_eq!(pods.active(), [limit, limit, limit]);
@@ -530,9 +621,9 @@ async fn configmap_config_scales_out_and_in_on_real_envoy() {
         ok.then_some(()).ok_or(format!("{v:?}"))
     })
     .await;
-    // Pod 1 closes some of its WebSockets: it has room now, but takes none.
+    // Some of pod 1's WebSockets close: it has room now, but takes none.
     let freed = limit / 2;
-    assert_eq!(pods.pods[0].close_some(freed), freed);
+    close_some_to(&mut held, "pod-1", freed).await;
     eventually("pod-1's closes counted", a_while, || async {
         let v = fleet_view(&replicas, &pods).await;
         (v[0].0 == (limit - freed) as i64 && pods.pods[0].active() == limit - freed)
@@ -544,24 +635,37 @@ async fn configmap_config_scales_out_and_in_on_real_envoy() {
     for _ in 0..3 {
         all_refuse(&replicas, &retry_after, "pod-1 draining, pods 2 and 3 full").await;
     }
-    assert_eq!(pods.pods[0].accepted(), accepted_1, "a draining pod takes no new WebSocket");
+    assert_eq!(
+        pods.pods[0].accepted(),
+        accepted_1,
+        "a draining pod takes no new WebSocket"
+    );
     // Room on pod 2: new WebSockets go there, never to the draining pod 1.
     let room = 5;
-    assert_eq!(pods.pods[1].close_some(room), room);
+    close_some_to(&mut held, "pod-2", room).await;
     let more = fill(&replicas, room, a_while).await;
-    assert!(more.iter().all(|c| c.backend == "pod-2"), "to pod-2, not the draining pod-1");
+    assert!(
+        more.iter().all(|c| c.backend == "pod-2"),
+        "to pod-2, not the draining pod-1"
+    );
     assert_eq!(pods.pods[0].accepted(), accepted_1);
     held.extend(more);
     // Pod 1's remaining WebSockets still carry messages.
     let mut alive_on_1 = 0;
     for c in held.iter_mut().filter(|c| c.backend == "pod-1") {
-        if c.echo("still here").await.is_ok() {
-            alive_on_1 += 1;
-        }
+        c.echo("still here")
+            .await
+            .unwrap_or_else(|e| panic!("a draining pod's WebSocket: {e}"));
+        alive_on_1 += 1;
     }
-    assert_eq!(alive_on_1, limit - freed, "pod-1 keeps its open WebSockets while draining");
+    assert_eq!(
+        alive_on_1,
+        limit - freed,
+        "pod-1 keeps its open WebSockets while draining"
+    );
+    assert_eq!(pods.pods[0].active(), limit - freed);
     // When they close, the drained pod is counted down to nothing.
-    pods.pods[0].close_all();
+    close_some_to(&mut held, "pod-1", limit - freed).await;
     eventually("pod-1 drained", a_while, || async {
         let v = fleet_view(&replicas, &pods).await;
         (v[0].0 == 0).then_some(()).ok_or(format!("{v:?}"))
