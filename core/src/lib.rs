@@ -54,6 +54,7 @@ pub use permit::Permit;
 #[cfg(not(loom))]
 pub use registry::{
     Cluster, Host, HostSpec, MembershipChange, Registry, FULL_SCAN_MAX_HOSTS, SAMPLED_CHOICES,
+    STANDBY,
 };
 #[cfg(not(loom))]
 pub use snapshot::{ClusterSnapshot, HostSnapshot, HostState, RejectedCounts, Snapshot};

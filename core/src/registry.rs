@@ -34,7 +34,15 @@ pub struct HostSpec {
     pub addr: HostAddr,
     /// Its own limit; `None` follows the cluster default.
     pub limit: Option<u32>,
+    /// Preference: admissions go to the lowest tier that has a host with room (0 first);
+    /// [`STANDBY`] hosts are members that take no new admissions (see [`HostSpec::with_tier`]).
+    pub tier: u8,
 }
+
+/// The tier of a member that takes no new admissions but is not leaving (e.g. a host of a
+/// lower Envoy priority while a higher one has healthy hosts). Unlike a draining host it is
+/// reported `active`, and it returns to service by being listed with another tier.
+pub const STANDBY: u8 = u8::MAX;
 
 impl HostSpec {
     /// A host that follows the cluster default limit.
@@ -44,7 +52,11 @@ impl HostSpec {
     /// assert_eq!(h.limit, None);
     /// ```
     pub fn new(addr: HostAddr) -> Self {
-        HostSpec { addr, limit: None }
+        HostSpec {
+            addr,
+            limit: None,
+            tier: 0,
+        }
     }
 
     /// Parses `ip:port`.
@@ -65,6 +77,28 @@ impl HostSpec {
     /// ```
     pub fn with_limit(mut self, limit: u32) -> Self {
         self.limit = Some(limit);
+        self
+    }
+
+    /// Sets the host's tier: an admission takes the least-loaded host of the lowest tier that
+    /// has room, so a tier-1 host (e.g. a degraded one) is used only when no tier-0 host has
+    /// room; a [`STANDBY`] host is never chosen.
+    ///
+    /// ```
+    /// use wscap_core::{Registry, HostSpec};
+    /// let reg = Registry::new();
+    /// let c = reg.set_default_limit("c", 1).unwrap();
+    /// c.set_hosts(&[
+    ///     HostSpec::parse("10.0.0.2:80").unwrap().with_tier(1),
+    ///     HostSpec::parse("10.0.0.1:80").unwrap(),
+    /// ]);
+    /// let a = c.acquire().unwrap();
+    /// assert_eq!(a.host().as_str(), "10.0.0.1:80");
+    /// let b = c.acquire().unwrap();
+    /// assert_eq!(b.host().as_str(), "10.0.0.2:80");
+    /// ```
+    pub fn with_tier(mut self, tier: u8) -> Self {
+        self.tier = tier;
         self
     }
 }
@@ -96,6 +130,8 @@ pub(crate) struct HostSlot {
 struct Hot {
     state: SlotState,
     peak: std::sync::atomic::AtomicU32,
+    /// [`HostSpec::tier`], updated by every membership change that lists the host.
+    tier: std::sync::atomic::AtomicU8,
 }
 
 impl HostSlot {
@@ -124,6 +160,11 @@ impl HostSlot {
 
     pub(crate) fn addr(&self) -> &HostAddr {
         &self.addr
+    }
+
+    #[inline]
+    fn tier(&self) -> u8 {
+        self.hot.tier.load(Ordering::Relaxed)
     }
 
     pub(crate) fn cluster_name(&self) -> &str {
@@ -311,14 +352,26 @@ impl ClusterConfig {
             .unwrap_or(self.default_limit)
     }
 
+    /// The cap a host is held under, if any.
+    fn cap(&self, addr: &HostAddr) -> Option<u32> {
+        self.caps.get(addr).copied().or(self.default_cap)
+    }
+
     /// The limit admissions obey: the configured one, under the cap if any.
     fn effective(&self, addr: &HostAddr) -> u32 {
         let configured = self.configured(addr);
-        self.caps
-            .get(addr)
-            .copied()
-            .or(self.default_cap)
-            .map_or(configured, |cap| cap.min(configured))
+        self.cap(addr).map_or(configured, |cap| cap.min(configured))
+    }
+
+    /// Publishes a host's limit, and what it is made of, to its slot. Returns the live count
+    /// read after the limit took effect ([`SlotState::set_limits`]).
+    fn apply(&self, slot: &HostSlot) -> u32 {
+        let addr = &slot.addr;
+        slot.hot.state.set_limits(
+            self.effective(addr),
+            self.overrides.get(addr).copied(),
+            self.cap(addr),
+        )
     }
 }
 
@@ -404,18 +457,40 @@ impl Cluster {
     /// assert_eq!(p.host().as_str(), "10.0.0.1:80");
     /// ```
     pub fn acquire(&self) -> Result<Permit, Rejected> {
+        self.acquire_for(None)
+    }
+
+    /// [`Cluster::acquire`] as if the cluster's default limit were `default`: hosts with a
+    /// limit of their own keep it, every cap still applies, and the host limits reported stay
+    /// those of the real default. The Envoy module uses it for per-route limits.
+    ///
+    /// ```
+    /// # use wscap_core::{Registry, HostSpec, Rejected};
+    /// let reg = Registry::new();
+    /// let c = reg.set_default_limit("c", 5).unwrap();
+    /// c.set_hosts(&[HostSpec::parse("10.0.0.1:80").unwrap()]);
+    /// let _a = c.acquire_with_default(1).unwrap();
+    /// assert_eq!(c.acquire_with_default(1).unwrap_err(), Rejected::NoCapacity);
+    /// let _b = c.acquire().unwrap(); // the default, 5, still holds for other admissions
+    /// ```
+    pub fn acquire_with_default(&self, default: u32) -> Result<Permit, Rejected> {
+        self.acquire_for(Some(default))
+    }
+
+    #[inline]
+    fn acquire_for(&self, default: Option<u32>) -> Result<Permit, Rejected> {
         let hosts = self.0.hosts.load();
         let list = &hosts.list;
         loop {
             let pick = if list.len() > FULL_SCAN_MAX_HOSTS {
-                best_of_sample(list).or_else(|| best_of_all(list))
+                best_of_sample(list, default).or_else(|| best_of_all(list, default))
             } else {
-                best_of_all(list)
+                best_of_all(list, default)
             };
             let Some(slot) = pick else {
                 return Err(self.refuse(list));
             };
-            match slot.hot.state.try_acquire() {
+            match slot.hot.state.try_acquire_for(default) {
                 Ok(now) => {
                     slot.note_admission(now);
                     return Ok(Permit::new(Arc::clone(slot)));
@@ -429,7 +504,10 @@ impl Cluster {
 
     #[cold]
     fn refuse(&self, list: &[Arc<HostSlot>]) -> Rejected {
-        if list.iter().all(|s| s.hot.state.is_draining()) {
+        if list
+            .iter()
+            .all(|s| s.hot.state.is_draining() || s.tier() == STANDBY)
+        {
             self.0.rejected_no_hosts.fetch_add(1, Ordering::Relaxed);
             Rejected::NoHosts
         } else {
@@ -532,14 +610,14 @@ impl Cluster {
     /// ```
     pub fn set_hosts(&self, hosts: &[HostSpec]) -> MembershipChange {
         let mut config = self.0.config.lock();
-        let mut wanted: HashMap<&HostAddr, Option<u32>> = HashMap::with_capacity(hosts.len());
+        let mut wanted: HashMap<&HostAddr, (Option<u32>, u8)> = HashMap::with_capacity(hosts.len());
         for h in hosts {
-            wanted.insert(&h.addr, h.limit.map(|l| l.min(MAX_LIMIT)));
+            wanted.insert(&h.addr, (h.limit.map(|l| l.min(MAX_LIMIT)), h.tier));
         }
         // Listed hosts take their limits from `hosts`; draining ones keep the limit they had.
         let mut overrides: HashMap<HostAddr, u32> = wanted
             .iter()
-            .filter_map(|(a, l)| l.map(|l| (HostAddr::clone(a), l)))
+            .filter_map(|(a, (l, _))| l.map(|l| (HostAddr::clone(a), l)))
             .collect();
         let current = self.0.hosts.load_full();
         let mut change = MembershipChange::default();
@@ -547,7 +625,8 @@ impl Cluster {
         let mut revive = Vec::new();
         for slot in &current.list {
             let state = &slot.hot.state;
-            if wanted.remove(&slot.addr).is_some() {
+            if let Some((_, tier)) = wanted.remove(&slot.addr) {
+                slot.hot.tier.store(tier, Ordering::Relaxed);
                 if state.is_draining() {
                     revive.push(Arc::clone(slot));
                 }
@@ -569,7 +648,7 @@ impl Cluster {
         config.overrides = overrides;
         // Limits first, then revivals: a revived host never admits under its old limit.
         for slot in &list {
-            slot.hot.state.set_limit(config.effective(&slot.addr));
+            config.apply(slot);
         }
         for slot in revive {
             // Never removed while listed: prune runs under this same lock.
@@ -579,10 +658,17 @@ impl Cluster {
         // What is left of `wanted` is new, in the caller's order.
         for h in hosts {
             if wanted.remove(&h.addr).is_some() {
+                let state = SlotState::new(config.effective(&h.addr));
+                state.set_limits(
+                    config.effective(&h.addr),
+                    config.overrides.get(&h.addr).copied(),
+                    config.cap(&h.addr),
+                );
                 list.push(Arc::new(HostSlot {
                     hot: CachePadded::new(Hot {
-                        state: SlotState::new(config.effective(&h.addr)),
+                        state,
                         peak: std::sync::atomic::AtomicU32::new(0),
+                        tier: std::sync::atomic::AtomicU8::new(h.tier),
                     }),
                     rejected: CachePadded::new(AtomicU64::new(0)),
                     addr: h.addr.clone(),
@@ -611,7 +697,7 @@ impl Cluster {
         let mut config = self.0.config.lock();
         config.default_limit = limit;
         for slot in &self.0.hosts.load().list {
-            slot.hot.state.set_limit(config.effective(&slot.addr));
+            config.apply(slot);
         }
         Ok(())
     }
@@ -644,7 +730,7 @@ impl Cluster {
         };
         let hosts = self.0.hosts.load();
         let slot = hosts.get(addr.socket_addr())?;
-        Some(slot.hot.state.lower_limit(config.effective(addr)))
+        Some(config.apply(slot))
     }
 
     /// Sets the cap of hosts without a cap of their own (see [`Cluster::set_host_cap`]), or lifts
@@ -664,7 +750,7 @@ impl Cluster {
         let mut config = self.0.config.lock();
         config.default_cap = cap.map(|c| c.min(MAX_LIMIT));
         for slot in &self.0.hosts.load().list {
-            slot.hot.state.set_limit(config.effective(&slot.addr));
+            config.apply(slot);
         }
     }
 
@@ -751,39 +837,45 @@ fn less_loaded(a: (u32, u32), b: (u32, u32)) -> bool {
 /// The live host with room and the lowest active/limit, scanning from a random start so that
 /// ties spread.
 #[inline]
-fn best_of_all(list: &[Arc<HostSlot>]) -> Option<&Arc<HostSlot>> {
+fn best_of_all(list: &[Arc<HostSlot>], default: Option<u32>) -> Option<&Arc<HostSlot>> {
     if list.is_empty() {
         return None;
     }
     let start = fastrand::usize(..list.len());
     let (tail, head) = list.split_at(start);
-    let mut best: Option<(&Arc<HostSlot>, (u32, u32))> = None;
+    let mut best: Option<Candidate<'_>> = None;
     for slot in head.iter().chain(tail) {
-        consider(slot, &mut best);
+        consider(slot, default, &mut best);
     }
-    best.map(|(s, _)| s)
+    best.map(|(s, _, _)| s)
 }
 
-/// The best of [`SAMPLED_CHOICES`] random hosts, if any of them has room.
+/// A host with room: the slot, its tier and `(active, limit)`.
+type Candidate<'a> = (&'a Arc<HostSlot>, u8, (u32, u32));
+
+/// The best of [`SAMPLED_CHOICES`] random hosts, if any of them has room and is of tier 0
+/// (a sample cannot tell that no tier-0 host has room; the full scan can).
 #[inline]
-fn best_of_sample(list: &[Arc<HostSlot>]) -> Option<&Arc<HostSlot>> {
+fn best_of_sample(list: &[Arc<HostSlot>], default: Option<u32>) -> Option<&Arc<HostSlot>> {
     let mut best = None;
     for _ in 0..SAMPLED_CHOICES {
-        consider(&list[fastrand::usize(..list.len())], &mut best);
+        consider(&list[fastrand::usize(..list.len())], default, &mut best);
     }
-    best.map(|(s, _)| s)
+    best.filter(|&(_, tier, _)| tier == 0).map(|(s, _, _)| s)
 }
 
+/// Keeps `slot` if it has room and beats `best`: a lower tier first, then less loaded.
 #[inline]
-fn consider<'a>(slot: &'a Arc<HostSlot>, best: &mut Option<(&'a Arc<HostSlot>, (u32, u32))>) {
+fn consider<'a>(slot: &'a Arc<HostSlot>, default: Option<u32>, best: &mut Option<Candidate<'a>>) {
     let (active, draining) = slot.hot.state.load();
-    let limit = slot.hot.state.limit();
-    if draining || active >= limit {
+    let tier = slot.tier();
+    let limit = slot.hot.state.limit_for(default);
+    if draining || tier == STANDBY || active >= limit {
         return;
     }
     let load = (active, limit);
-    if best.is_none_or(|(_, b)| less_loaded(load, b)) {
-        *best = Some((slot, load));
+    if best.is_none_or(|(_, bt, b)| tier < bt || (tier == bt && less_loaded(load, b))) {
+        *best = Some((slot, tier, load));
     }
 }
 
@@ -882,6 +974,50 @@ impl Registry {
         next.insert(Arc::from(name), cluster.clone());
         self.clusters.store(Arc::new(next));
         Ok(cluster)
+    }
+
+    /// Retires a cluster its proxy no longer has (e.g. CDS removed it): every host drains
+    /// (no new admission; live connections stay counted until they close), and once none is
+    /// left the cluster is dropped from the registry. Returns true once it is gone (at once
+    /// when it held no connection); call again later otherwise. Idempotent.
+    ///
+    /// A cluster that comes back under the same name before it is gone keeps its hosts' live
+    /// counts (the next [`Cluster::set_hosts`] revives them); after it is gone it starts afresh.
+    ///
+    /// ```
+    /// # use wscap_core::{Registry, HostSpec};
+    /// let reg = Registry::new();
+    /// reg.set_default_limit("c", 5).unwrap();
+    /// reg.set_hosts("c", &[HostSpec::parse("10.0.0.1:80").unwrap()]).unwrap();
+    /// let p = reg.acquire("c").unwrap();
+    /// assert!(!reg.retire("c"), "a connection is still open");
+    /// assert!(reg.acquire("c").is_err());
+    /// drop(p);
+    /// assert!(reg.retire("c"));
+    /// assert!(reg.cluster("c").is_none());
+    /// ```
+    pub fn retire(&self, name: &str) -> bool {
+        let Some(cluster) = self.cluster(name) else {
+            return true;
+        };
+        cluster.set_hosts(&[]);
+        let _guard = self.write.lock();
+        // Under the cluster's own lock: no membership change can slip in between the check and
+        // the removal.
+        let _config = cluster.0.config.lock();
+        if !cluster.0.hosts.load().list.is_empty() {
+            return false;
+        }
+        let current = self.clusters.load_full();
+        if current
+            .get(name)
+            .is_some_and(|c| Arc::ptr_eq(&c.0, &cluster.0))
+        {
+            let mut next = HashMap::clone(&current);
+            next.remove(name);
+            self.clusters.store(Arc::new(next));
+        }
+        true
     }
 
     /// Sets the default cap ([`Cluster::set_default_cap`]) of every cluster, present and to come.

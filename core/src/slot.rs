@@ -38,11 +38,18 @@ pub enum Refusal {
     Vacated,
 }
 
+/// "No value" in the halves of [`SlotState`]'s basis word (limits never exceed 2^30).
+const NONE: u32 = u32::MAX;
+
 /// Count, state and limit of one host.
 #[derive(Debug)]
 pub struct SlotState {
     word: AtomicU64,
     limit: AtomicU32,
+    /// What `limit` is made of, for admissions that bring their own default limit
+    /// ([`SlotState::try_acquire_for`]): the host's own limit in the high half ([`NONE`]: it
+    /// follows the default) and its cap in the low half ([`NONE`]: no cap).
+    basis: AtomicU64,
     /// Admissions carried out of the word's admitted field (multiples of 2^30).
     admitted_carry: AtomicU64,
 }
@@ -53,6 +60,7 @@ impl SlotState {
         SlotState {
             word: AtomicU64::new(0),
             limit: AtomicU32::new(limit),
+            basis: AtomicU64::new(pack(Some(limit), None)),
             admitted_carry: AtomicU64::new(0),
         }
     }
@@ -62,11 +70,34 @@ impl SlotState {
     /// Returns the new count.
     #[inline]
     pub fn try_acquire(&self) -> Result<u32, Refusal> {
+        self.try_acquire_for(None)
+    }
+
+    /// The limit an admission obeys: the host's limit, or with `Some(default)` the limit the
+    /// host would have if its cluster's default were `default` (its own limit if it has one,
+    /// else `default`; under its cap either way).
+    #[inline]
+    pub fn limit_for(&self, default: Option<u32>) -> u32 {
+        match default {
+            None => self.limit.load(Ordering::Acquire),
+            Some(default) => {
+                let basis = self.basis.load(Ordering::Acquire);
+                let own = (basis >> 32) as u32;
+                let cap = basis as u32;
+                if own == NONE { default } else { own }.min(cap)
+            }
+        }
+    }
+
+    /// [`SlotState::try_acquire`] under [`SlotState::limit_for`]`(default)`: the same read,
+    /// CAS and re-check, so a concurrent [`SlotState::set_limits`] is honoured the same way.
+    #[inline]
+    pub fn try_acquire_for(&self, default: Option<u32>) -> Result<u32, Refusal> {
         let mut cur = self.word.load(Ordering::Acquire);
         loop {
             check_live(cur)?;
             let active = cur & ACTIVE_MASK;
-            if active >= u64::from(self.limit.load(Ordering::Acquire)) {
+            if active >= u64::from(self.limit_for(default)) {
                 return Err(Refusal::Full);
             }
             let next = admit(cur);
@@ -78,10 +109,10 @@ impl SlotState {
                     self.carry(next);
                     // A limit lowered concurrently is seen here, or its writer sees this
                     // admission. The writer stores the limit, then does a release RMW on the
-                    // word ([`SlotState::lower_limit`]). Both RMWs are ordered on the word: if
+                    // word ([`SlotState::set_limits`]). Both RMWs are ordered on the word: if
                     // ours came first, the writer's RMW reads our count; if the writer's came
                     // first, our CAS acquired it and this load sees the new limit.
-                    if active + 1 > u64::from(self.limit.load(Ordering::Acquire)) {
+                    if active + 1 > u64::from(self.limit_for(default)) {
                         return Err(if self.undo(next) {
                             Refusal::Vacated
                         } else {
@@ -241,21 +272,33 @@ impl SlotState {
         self.limit.load(Ordering::Acquire)
     }
 
-    /// Sets the limit. Lowering it below the live count evicts nobody; it only blocks admissions.
-    pub fn set_limit(&self, limit: u32) {
-        self.lower_limit(limit);
+    /// [`SlotState::set_limits`] with `limit` as the host's own limit and no cap (the loom
+    /// models' shorthand).
+    #[cfg(loom)]
+    pub fn lower_limit(&self, limit: u32) -> u32 {
+        self.set_limits(limit, Some(limit), None)
     }
 
-    /// Sets the limit and returns the live count read after it took effect: from then on no
-    /// admission succeeds unless it fits under `limit`, so the number of connections admitted
-    /// stays at or below `max(returned, limit)` until the limit is raised again.
-    pub fn lower_limit(&self, limit: u32) -> u32 {
+    /// Sets the limit together with what it is made of: the host's own limit (`None`: it
+    /// follows its cluster's default) and its cap. Returns the live count read after it took
+    /// effect: from then on no admission succeeds unless it fits under the new limit (or, under
+    /// [`SlotState::try_acquire_for`], under the limit made from the new basis), so the number of
+    /// connections admitted stays at or below `max(returned, limit)` until it is raised again.
+    /// Lowering it below the live count evicts nobody; it only blocks admissions.
+    pub fn set_limits(&self, limit: u32, own: Option<u32>, cap: Option<u32>) -> u32 {
+        self.basis.store(pack(own, cap), Ordering::Release);
         self.limit.store(limit, Ordering::Release);
         // A read-modify-write that changes nothing, so that it is ordered with every admission's
         // CAS on the word (see `try_acquire`). The count it reads may include an admission that
         // is about to be taken back: an over-estimate, never an under-estimate.
         (self.word.fetch_add(0, Ordering::AcqRel) & ACTIVE_MASK) as u32
     }
+}
+
+/// The basis word: own limit high, cap low, [`NONE`] for absent.
+#[inline]
+fn pack(own: Option<u32>, cap: Option<u32>) -> u64 {
+    (u64::from(own.unwrap_or(NONE)) << 32) | u64::from(cap.unwrap_or(NONE))
 }
 
 /// The word after one more admission: active + 1, admitted + 1 (wrapping within its field).

@@ -123,3 +123,26 @@ fn admission_racing_a_lower_limit() {
         );
     });
 }
+
+/// The same race for an admission under a per-route default ([`SlotState::try_acquire_for`]):
+/// a cap lowered to 1 by `set_limits` is honoured by the admission's re-check, so the held
+/// count never exceeds `max(n, 1)` although the route's default (5) is above the old limit.
+#[test]
+fn route_admission_racing_a_lower_cap() {
+    loom::model(|| {
+        let slot = Arc::new(SlotState::new(2));
+        slot.set_limits(2, None, Some(2));
+        slot.try_acquire_for(Some(5)).unwrap();
+        let admit = {
+            let slot = slot.clone();
+            thread::spawn(move || slot.try_acquire_for(Some(5)).is_ok())
+        };
+        let seen = slot.set_limits(1, None, Some(1));
+        let admitted = admit.join().unwrap();
+        let held = 1 + u32::from(admitted);
+        assert!(
+            held <= seen.max(1),
+            "held {held} after capping at 1 with {seen} seen"
+        );
+    });
+}

@@ -1,10 +1,10 @@
 //! The bootstrap extension `wscap`: the admin endpoint `GET /wscap` and the periodic gauge
 //! refresh (main thread).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, PoisonError};
 
-use wscap_core::Snapshot;
+use wscap_core::{Registry, Snapshot};
 use wscap_global::FleetView;
 
 use crate::config::BootstrapSettings;
@@ -37,6 +37,8 @@ pub struct Bootstrap {
     reported: Mutex<HashMap<(String, String), (u64, u64)>>,
     /// Global mode: whether the coordinator's last round reached Redis, as last logged.
     redis_ok: Mutex<Option<bool>>,
+    /// Clusters Envoy removed (CDS) that still hold connections: retired on each tick.
+    retired: Mutex<HashSet<String>>,
 }
 
 impl Bootstrap {
@@ -47,7 +49,50 @@ impl Bootstrap {
             gauges,
             reported: Mutex::new(HashMap::new()),
             redis_ok: Mutex::new(None),
+            retired: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Envoy removed `cluster` (CDS): its hosts drain and it is dropped from `registry` once
+    /// its last connection closes ([`Registry::retire`], retried by [`Bootstrap::sweep`]).
+    /// A filter without `"cluster"` stops governing it at once.
+    pub fn cluster_removed(&self, registry: &Registry, cluster: &str) {
+        crate::lb::unmark_policy(cluster);
+        let gone = registry.retire(cluster);
+        crate::log(
+            crate::Level::Info,
+            &format!(
+                "wscap: cluster {cluster:?} removed by Envoy: {}",
+                if gone {
+                    "its state is freed"
+                } else {
+                    "its hosts drain; its state is freed when their last connection closes"
+                }
+            ),
+        );
+        if !gone {
+            self.retired
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(cluster.to_owned());
+        }
+    }
+
+    /// Envoy added (or updated) `cluster`: if it was being retired, it is back (its LB policy
+    /// feeds its hosts again, reviving those still counted).
+    pub fn cluster_added(&self, cluster: &str) {
+        self.retired
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(cluster);
+    }
+
+    /// Drops the removed clusters whose last connection has closed. Returns how many are still
+    /// waiting.
+    pub fn sweep(&self, registry: &Registry) -> usize {
+        let mut retired = self.retired.lock().unwrap_or_else(PoisonError::into_inner);
+        retired.retain(|c| !registry.retire(c));
+        retired.len()
     }
 
     /// Global mode: logs when the coordinator loses or regains Redis (checked on every timer
@@ -165,17 +210,12 @@ pub fn admin(
             Some(("scope", "global")) => global = true,
             Some(("scope", "local")) => global = false,
             Some(("scope", other)) => {
-                return (
+                return error(
                     400,
-                    format!("{{\"error\":\"unknown scope {other:?}: use local or global\"}}\n"),
+                    &format!("unknown scope {other:?}: use local or global"),
                 )
             }
-            _ => {
-                return (
-                    400,
-                    format!("{{\"error\":\"unknown query parameter {:?}\"}}\n", pair),
-                )
-            }
+            _ => return error(400, &format!("unknown query parameter {pair:?}")),
         }
     }
     if global {
@@ -203,11 +243,20 @@ pub fn admin(
     match format {
         "json" => (200, snapshot().to_json()),
         "prometheus" => (200, snapshot().to_prometheus()),
-        other => (
+        other => error(
             400,
-            format!("{{\"error\":\"unknown format {other:?}: use json or prometheus\"}}\n"),
+            &format!("unknown format {other:?}: use json or prometheus"),
         ),
     }
+}
+
+/// An error answer: `{"error": message}` as valid JSON, whatever the message holds (a query
+/// string is the client's text: quotes, backslashes and control characters are escaped).
+fn error(status: u32, message: &str) -> (u32, String) {
+    (
+        status,
+        format!("{}\n", serde_json::json!({ "error": message })),
+    )
 }
 
 #[cfg(test)]
@@ -295,6 +344,36 @@ mod tests {
     }
 
     #[test]
+    fn a_removed_cluster_is_freed_once_its_last_connection_closes() {
+        let reg = Registry::new();
+        reg.set_default_limit("gone", 2).unwrap();
+        reg.set_hosts(
+            "gone",
+            &[wscap_core::HostSpec::parse("10.0.0.1:80").unwrap()],
+        )
+        .unwrap();
+        reg.set_default_limit("quick", 2).unwrap();
+        let p = reg.acquire("gone").unwrap();
+        let b = Bootstrap::new(BootstrapSettings::default(), Gauges::default());
+        b.cluster_removed(&reg, "gone");
+        b.cluster_removed(&reg, "quick");
+        assert!(
+            reg.cluster("quick").is_none(),
+            "no connection: freed at once"
+        );
+        assert_eq!(b.sweep(&reg), 1);
+        assert!(reg.acquire("gone").is_err(), "no new admission");
+        assert_eq!(
+            reg.snapshot().clusters[0].hosts[0].active,
+            1,
+            "still counted"
+        );
+        drop(p);
+        assert_eq!(b.sweep(&reg), 0);
+        assert!(reg.cluster("gone").is_none());
+    }
+
+    #[test]
     fn admin_routes() {
         let reg = Registry::new();
         reg.set_default_limit("pods", 2).unwrap();
@@ -306,6 +385,26 @@ mod tests {
         assert_eq!(s, 200);
         assert!(body.contains("# TYPE wscap_active_connections gauge"));
         assert_eq!(local("GET", "/wscap?format=xml").0, 400);
+        // Error bodies are JSON whatever the client sent (quotes, backslashes, control bytes).
+        for q in [
+            "format=x\"y",
+            "format=\\",
+            "scope=\"}",
+            "a\"b=c",
+            "format=%22",
+            "x=\u{1}\n",
+        ] {
+            let (s, body) = local("GET", &format!("/wscap?{q}"));
+            assert_eq!(s, 400, "{q}");
+            let doc: serde_json::Value = serde_json::from_str(&body)
+                .unwrap_or_else(|e| panic!("{q}: error body is not JSON ({e}): {body}"));
+            assert!(doc["error"].is_string(), "{q}: {doc}");
+        }
+        for (m, p) in [("POST", "/wscap"), ("GET", "/wscapx")] {
+            let body = local(m, p).1;
+            let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert!(doc["error"].is_string());
+        }
         assert_eq!(local("GET", "/wscap?x=1").0, 400);
         assert_eq!(local("POST", "/wscap").0, 405);
         assert_eq!(local("GET", "/wscapx").0, 404);

@@ -17,8 +17,9 @@ pub const MAX_RETRY_AFTER_SECONDS: i64 = 86_400;
 /// The HTTP filter's config: `{"cluster":"NAME","max_connections_per_host":N,"retry_after_seconds":S}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FilterSettings {
-    /// The backend cluster whose hosts are capped.
-    pub cluster: String,
+    /// The one backend cluster whose hosts are capped; `None`: every routed cluster that has
+    /// the wscap LB policy.
+    pub cluster: Option<String>,
     /// Default per-host limit (a host's `filter_metadata.wscap.max_connections` overrides it).
     pub max_connections_per_host: u32,
     /// Value of the `retry-after` header on refusals.
@@ -28,9 +29,31 @@ pub struct FilterSettings {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFilter {
-    cluster: String,
+    cluster: Option<String>,
     max_connections_per_host: i64,
     retry_after_seconds: Option<i64>,
+}
+
+/// A route's (or virtual host's) settings over the filter's, from
+/// `DynamicModuleFilterPerRoute`: `{"max_connections_per_host":N}`, `{"retry_after_seconds":S}`,
+/// `{"disabled":true}`, or several of them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouteSettings {
+    /// The per-host limit for WebSockets on this route, over the filter's default (a host's
+    /// endpoint metadata still wins).
+    pub max_connections_per_host: Option<u32>,
+    /// `retry-after` on this route's refusals.
+    pub retry_after_seconds: Option<u32>,
+    /// This route's WebSockets pass uncounted and unsteered.
+    pub disabled: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    max_connections_per_host: Option<i64>,
+    retry_after_seconds: Option<i64>,
+    disabled: Option<bool>,
 }
 
 /// The LB policy's config. Every field is optional: `{}` (or an empty value) works.
@@ -83,29 +106,44 @@ fn utf8(bytes: &[u8]) -> Result<&str, String> {
 ///
 /// ```
 /// let s = wscap::config::parse_filter(br#"{"cluster":"pods","max_connections_per_host":3}"#).unwrap();
-/// assert_eq!((s.cluster.as_str(), s.max_connections_per_host, s.retry_after_seconds), ("pods", 3, 5));
+/// assert_eq!((s.cluster.as_deref(), s.max_connections_per_host, s.retry_after_seconds), (Some("pods"), 3, 5));
+/// let all = wscap::config::parse_filter(br#"{"max_connections_per_host":3}"#).unwrap();
+/// assert_eq!(all.cluster, None);
 /// assert!(wscap::config::parse_filter(br#"{"cluster":"","max_connections_per_host":3}"#).is_err());
 /// ```
 pub fn parse_filter(bytes: &[u8]) -> Result<FilterSettings, String> {
     let text = utf8(bytes)?;
     if text.trim().is_empty() {
         return Err(
-            "config is empty: expected {\"cluster\":\"NAME\",\"max_connections_per_host\":N}"
+            "config is empty: expected {\"max_connections_per_host\":N} (and optionally \"cluster\":\"NAME\")"
                 .to_owned(),
         );
     }
     let raw: RawFilter = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
-    let cluster = raw.cluster.trim();
-    if cluster.is_empty() {
-        return Err("\"cluster\" must not be empty".to_owned());
+    if let Some(cluster) = &raw.cluster {
+        if cluster.trim().is_empty() {
+            return Err(
+                "\"cluster\" must not be empty (leave it out to govern every cluster with the wscap LB policy)"
+                    .to_owned(),
+            );
+        }
+        if cluster.trim() != cluster {
+            return Err(format!(
+                "\"cluster\" {cluster:?} has leading or trailing whitespace"
+            ));
+        }
     }
-    if cluster != raw.cluster {
-        return Err(format!(
-            "\"cluster\" {:?} has leading or trailing whitespace",
-            raw.cluster
-        ));
-    }
-    let limit = raw.max_connections_per_host;
+    Ok(FilterSettings {
+        cluster: raw.cluster,
+        max_connections_per_host: limit_field(raw.max_connections_per_host)?,
+        retry_after_seconds: retry_field(
+            raw.retry_after_seconds
+                .unwrap_or(i64::from(DEFAULT_RETRY_AFTER_SECONDS)),
+        )?,
+    })
+}
+
+fn limit_field(limit: i64) -> Result<u32, String> {
     if limit < 0 {
         return Err(format!(
             "\"max_connections_per_host\" must not be negative (got {limit})"
@@ -116,18 +154,45 @@ pub fn parse_filter(bytes: &[u8]) -> Result<FilterSettings, String> {
             "\"max_connections_per_host\" {limit} is larger than the maximum {MAX_LIMIT}"
         ));
     }
-    let retry = raw
-        .retry_after_seconds
-        .unwrap_or(i64::from(DEFAULT_RETRY_AFTER_SECONDS));
+    Ok(limit as u32)
+}
+
+fn retry_field(retry: i64) -> Result<u32, String> {
     if !(0..=MAX_RETRY_AFTER_SECONDS).contains(&retry) {
         return Err(format!(
             "\"retry_after_seconds\" must be between 0 and {MAX_RETRY_AFTER_SECONDS} (got {retry})"
         ));
     }
-    Ok(FilterSettings {
-        cluster: raw.cluster,
-        max_connections_per_host: limit as u32,
-        retry_after_seconds: retry as u32,
+    Ok(retry as u32)
+}
+
+/// Parses a per-route config (`DynamicModuleFilterPerRoute`'s `filter_config`): at least one of
+/// `max_connections_per_host`, `retry_after_seconds`, `disabled`.
+///
+/// ```
+/// use wscap::config::parse_route;
+/// assert_eq!(parse_route(br#"{"max_connections_per_host":2}"#).unwrap().max_connections_per_host, Some(2));
+/// assert!(parse_route(br#"{"disabled":true}"#).unwrap().disabled);
+/// assert!(parse_route(br#"{"max_connections":2}"#).unwrap_err().contains("max_connections"));
+/// assert!(parse_route(b"{}").unwrap_err().contains("empty"));
+/// ```
+pub fn parse_route(bytes: &[u8]) -> Result<RouteSettings, String> {
+    let text = utf8(bytes)?;
+    const EXPECTED: &str = "expected one or more of \"max_connections_per_host\", \"retry_after_seconds\", \"disabled\"";
+    if text.trim().is_empty() {
+        return Err(format!("per-route config is empty: {EXPECTED}"));
+    }
+    let raw: RawRoute = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+    if raw.max_connections_per_host.is_none()
+        && raw.retry_after_seconds.is_none()
+        && raw.disabled.is_none()
+    {
+        return Err(format!("per-route config is empty: {EXPECTED}"));
+    }
+    Ok(RouteSettings {
+        max_connections_per_host: raw.max_connections_per_host.map(limit_field).transpose()?,
+        retry_after_seconds: raw.retry_after_seconds.map(retry_field).transpose()?,
+        disabled: raw.disabled.unwrap_or(false),
     })
 }
 
@@ -240,7 +305,7 @@ mod tests {
         assert_eq!(
             s,
             FilterSettings {
-                cluster: "pods".into(),
+                cluster: Some("pods".into()),
                 max_connections_per_host: 20,
                 retry_after_seconds: 9
             }
@@ -253,7 +318,12 @@ mod tests {
         assert!(err("   ").contains("empty"));
         assert!(err("{").contains("invalid JSON"));
         assert!(err("[]").contains("invalid JSON"));
-        assert!(err(r#"{"max_connections_per_host":1}"#).contains("missing field `cluster`"));
+        assert_eq!(
+            parse_filter(br#"{"max_connections_per_host":1}"#)
+                .unwrap()
+                .cluster,
+            None
+        );
         assert!(err(r#"{"cluster":"a"}"#).contains("missing field `max_connections_per_host`"));
         assert!(err(r#"{"cluster":"","max_connections_per_host":1}"#).contains("\"cluster\""));
         assert!(err(r#"{"cluster":" a","max_connections_per_host":1}"#).contains("whitespace"));
@@ -273,6 +343,35 @@ mod tests {
                 .contains("retry_after_seconds")
         );
         assert!(parse_filter(&[0xff, 0xfe]).unwrap_err().contains("UTF-8"));
+    }
+
+    #[test]
+    fn route_settings_are_strict() {
+        let r = |j: &str| parse_route(j.as_bytes());
+        assert_eq!(
+            r(r#"{"max_connections_per_host":4,"retry_after_seconds":2,"disabled":false}"#)
+                .unwrap(),
+            RouteSettings {
+                max_connections_per_host: Some(4),
+                retry_after_seconds: Some(2),
+                disabled: false
+            }
+        );
+        assert!(r("").unwrap_err().contains("empty"));
+        assert!(r("{}").unwrap_err().contains("empty"));
+        assert!(r("[]").unwrap_err().contains("invalid JSON"));
+        assert!(r(r#"{"disabled":"yes"}"#)
+            .unwrap_err()
+            .contains("invalid type"));
+        assert!(r(r#"{"max_connections_per_host":-1}"#)
+            .unwrap_err()
+            .contains("max_connections_per_host"));
+        assert!(r(r#"{"retry_after_seconds":100000}"#)
+            .unwrap_err()
+            .contains("retry_after_seconds"));
+        assert!(r(r#"{"cluster":"x"}"#)
+            .unwrap_err()
+            .contains("unknown field `cluster`"));
     }
 
     #[test]

@@ -26,13 +26,13 @@
 //! (Envoy's `scheduler_delete`) under the slot's lock, and the callback commits only under that
 //! lock, so the scheduler is never used after its deletion.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use wscap_core::{Cluster, HostAddr, Permit, Rejected};
+use wscap_core::{Cluster, HostAddr, Permit, Registry, Rejected};
 use wscap_global::BorrowOutcome;
 
-use crate::config::FilterSettings;
+use crate::config::{FilterSettings, RouteSettings};
 use crate::global::Borrower;
 use crate::Level;
 
@@ -121,6 +121,11 @@ pub trait Stream {
     fn new_resume(&mut self) -> Option<Box<dyn Resume>>;
     /// Continues a stream paused in `request_headers`.
     fn continue_decoding(&mut self);
+    /// The cluster the route selected for this stream (`None`: the route has none, e.g. a
+    /// direct response, or no route matched).
+    fn routed_cluster(&self) -> Option<&str>;
+    /// This route's wscap settings (`typed_per_filter_config`), if it has any.
+    fn route_settings(&self) -> Option<RouteSettings>;
 }
 
 /// The counters the filter increments; `None` when Envoy refused to define one.
@@ -167,52 +172,123 @@ pub fn connection_has_upgrade(connection: &[u8]) -> bool {
 /// Per filter-chain config: resolved once at load.
 #[derive(Debug)]
 pub struct FilterConfig {
-    cluster: Cluster,
-    retry_after: String,
+    registry: &'static Registry,
+    /// The one cluster this filter governs; `None`: every routed cluster that has the wscap LB
+    /// policy. Looked up per WebSocket (a lock-free map read), so a cluster that CDS removed and
+    /// added again is found afresh.
+    one: Option<String>,
+    default_limit: u32,
+    retry_after_seconds: u32,
     metrics: FilterMetrics,
-    body_no_capacity: String,
-    body_no_hosts: String,
     borrower: Option<Arc<dyn Borrower>>,
     /// Set once the "no wscap LB policy on this cluster" warning was logged.
     warned_no_policy: AtomicBool,
+    /// This config's entry in [`CLAIMS`], removed when the config is dropped.
+    claim: u64,
+}
+
+/// The default limit each live filter config gives the clusters it governs. A cluster's default
+/// in core (what `/wscap`, the gauges and global mode's ledger report as a host's limit) is the
+/// **largest** of the defaults of the live configs that govern it; each config still admits
+/// under its own default (or its route's limit). So two configs that disagree are resolved by
+/// value, never by load order, and a reload that lowers a default takes effect for admissions
+/// at once.
+struct Claim {
+    id: u64,
+    registry: usize,
+    /// `None`: a config without `"cluster"` (every cluster with the wscap LB policy).
+    cluster: Option<String>,
+    limit: u32,
+}
+
+static CLAIMS: Mutex<Vec<Claim>> = Mutex::new(Vec::new());
+static NEXT_CLAIM: AtomicU64 = AtomicU64::new(1);
+
+fn registry_key(registry: &Registry) -> usize {
+    std::ptr::from_ref(registry) as usize
+}
+
+/// Sets `cluster`'s default in `registry` from the live claims that govern it (see [`Claim`]);
+/// nothing when none does. Called when a config comes or goes, and by the LB policy when a
+/// cluster gets it (a config without `"cluster"` governs it from then on).
+pub fn apply_default(registry: &Registry, cluster: &str) {
+    let key = registry_key(registry);
+    let max = CLAIMS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .filter(|c| c.registry == key && c.cluster.as_deref().is_none_or(|n| n == cluster))
+        .map(|c| c.limit)
+        .max();
+    if let Some(limit) = max {
+        let before = registry.cluster(cluster).map(|c| c.default_limit());
+        if let Err(e) = registry.set_default_limit(cluster, limit) {
+            crate::log(Level::Error, &format!("wscap: cluster {cluster:?}: {e}"));
+        } else if before.is_some_and(|b| b != limit) {
+            crate::log(
+                Level::Info,
+                &format!(
+                    "wscap: cluster {cluster:?}: default limit {} -> {limit} (the largest of the live filter configs that govern it)",
+                    before.unwrap_or(0)
+                ),
+            );
+        }
+    }
+}
+
+/// The clusters a claim's arrival or departure changes.
+fn claim_scope(registry: &Registry, cluster: Option<&str>) -> Vec<String> {
+    match cluster {
+        Some(c) => vec![c.to_owned()],
+        None => crate::lb::policy_clusters()
+            .into_iter()
+            .filter(|c| registry.cluster(c).is_some())
+            .collect(),
+    }
 }
 
 impl FilterConfig {
-    /// Resolves the cluster in `registry` (creating it, setting its default limit).
+    /// Registers this config's default limit and resolves its cluster (creating it) when it
+    /// names one.
     pub fn new(
-        registry: &wscap_core::Registry,
+        registry: &'static Registry,
         settings: &FilterSettings,
         metrics: FilterMetrics,
     ) -> Result<Self, String> {
-        if let Some(before) = registry
-            .cluster(&settings.cluster)
-            .map(|c| c.default_limit())
-        {
-            if before != 0 && before != settings.max_connections_per_host {
-                // A reload, or two filter configs naming one cluster: the last one wins.
-                crate::log(
-                    Level::Info,
-                    &format!(
-                        "wscap: cluster {:?}: default limit {} -> {}",
-                        settings.cluster, before, settings.max_connections_per_host
-                    ),
-                );
-            }
+        if settings.max_connections_per_host > wscap_core::MAX_LIMIT {
+            return Err(format!(
+                "max_connections_per_host {} is larger than the maximum {}",
+                settings.max_connections_per_host,
+                wscap_core::MAX_LIMIT
+            ));
         }
-        let cluster = registry
-            .set_default_limit(&settings.cluster, settings.max_connections_per_host)
-            .map_err(|e| e.to_string())?;
-        let body = |reason: &str| {
-            serde_json::json!({"error": reason, "cluster": settings.cluster}).to_string()
-        };
+        if let Some(name) = &settings.cluster {
+            registry
+                .cluster_or_create(name)
+                .map_err(|e| e.to_string())?;
+        }
+        let claim = NEXT_CLAIM.fetch_add(1, Ordering::Relaxed);
+        CLAIMS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Claim {
+                id: claim,
+                registry: registry_key(registry),
+                cluster: settings.cluster.clone(),
+                limit: settings.max_connections_per_host,
+            });
+        for c in claim_scope(registry, settings.cluster.as_deref()) {
+            apply_default(registry, &c);
+        }
         Ok(FilterConfig {
-            body_no_capacity: body("no_capacity"),
-            body_no_hosts: body("no_hosts"),
-            cluster,
-            retry_after: settings.retry_after_seconds.to_string(),
+            registry,
+            one: settings.cluster.clone(),
+            default_limit: settings.max_connections_per_host,
+            retry_after_seconds: settings.retry_after_seconds,
             metrics,
             borrower: None,
             warned_no_policy: AtomicBool::new(false),
+            claim,
         })
     }
 
@@ -222,9 +298,37 @@ impl FilterConfig {
         self
     }
 
-    /// The cluster handle.
-    pub fn cluster(&self) -> &Cluster {
-        &self.cluster
+    /// The one cluster this config governs, when it names one.
+    pub fn cluster(&self) -> Option<Cluster> {
+        self.one
+            .as_deref()
+            .and_then(|n| self.registry.cluster_or_create(n).ok())
+    }
+
+    /// The cluster a WebSocket routed to `routed` is admitted on, if this config governs it:
+    /// the named one, or (without a name) any cluster that has the wscap LB policy.
+    pub fn governs(&self, routed: &str) -> Option<Cluster> {
+        match &self.one {
+            Some(name) if name == routed => self.registry.cluster_or_create(routed).ok(),
+            Some(_) => None,
+            None if crate::lb::has_policy(routed) => self.registry.cluster(routed),
+            None => None,
+        }
+    }
+}
+
+impl Drop for FilterConfig {
+    fn drop(&mut self) {
+        let gone = {
+            let mut claims = CLAIMS.lock().unwrap_or_else(PoisonError::into_inner);
+            let i = claims.iter().position(|c| c.id == self.claim);
+            i.map(|i| claims.swap_remove(i))
+        };
+        if let Some(gone) = gone {
+            for c in claim_scope(self.registry, gone.cluster.as_deref()) {
+                apply_default(self.registry, &c);
+            }
+        }
     }
 }
 
@@ -233,6 +337,9 @@ impl FilterConfig {
 pub enum Phase {
     /// Not a WebSocket (or not seen yet): holds nothing.
     Idle,
+    /// A WebSocket this filter does not govern (another cluster, no cluster, a disabled
+    /// route): it passes untouched.
+    Ignored,
     /// Admitted, waiting for the upstream's answer.
     Admitted,
     /// Upgraded (101): the tunnel is open.
@@ -245,12 +352,22 @@ pub enum Phase {
     Waiting,
 }
 
+/// The cluster a WebSocket is admitted on, with the settings that apply to it there.
+#[derive(Debug, Clone)]
+struct Target {
+    cluster: Cluster,
+    /// The default per-host limit for this stream: its route's, else the filter's.
+    limit: u32,
+    retry_after_seconds: u32,
+}
+
 /// One HTTP stream. Holds at most one permit, released on the first close path.
 #[derive(Debug)]
 pub struct Filter {
     config: Arc<FilterConfig>,
     permit: Option<Permit>,
     phase: Phase,
+    target: Option<Target>,
     /// The scheduler while the stream waits for a borrow.
     waiting: Option<ResumeSlot>,
     borrows: u32,
@@ -263,6 +380,7 @@ impl Filter {
             config,
             permit: None,
             phase: Phase::Idle,
+            target: None,
             waiting: None,
             borrows: 0,
         }
@@ -278,13 +396,43 @@ impl Filter {
         self.permit.as_ref().map(Permit::host)
     }
 
-    /// `request_headers`: admits, steers or refuses a WebSocket upgrade; in global mode a
-    /// `no_capacity` refusal first pauses the stream and borrows.
+    /// The name of the cluster the stream is admitted on ("" before that).
+    fn cluster_name(&self) -> &str {
+        self.target.as_ref().map_or("", |t| t.cluster.name())
+    }
+
+    /// `request_headers`: admits, steers or refuses a WebSocket upgrade routed to a cluster this
+    /// filter governs; in global mode a `no_capacity` refusal first pauses the stream and
+    /// borrows. A plain request costs one header lookup; a WebSocket to another cluster (or a
+    /// disabled route, or a route without a cluster) passes untouched.
     pub fn on_request_headers(&mut self, stream: &mut impl Stream) -> HeadersStatus {
         if self.phase != Phase::Idle || !detect(stream) {
             return HeadersStatus::Continue;
         }
-        match self.config.cluster.acquire() {
+        let route = stream.route_settings().unwrap_or_default();
+        let cluster = if route.disabled {
+            None
+        } else {
+            stream
+                .routed_cluster()
+                .and_then(|routed| self.config.governs(routed))
+        };
+        let Some(cluster) = cluster else {
+            self.phase = Phase::Ignored;
+            return HeadersStatus::Continue;
+        };
+        let target = Target {
+            cluster,
+            limit: route
+                .max_connections_per_host
+                .unwrap_or(self.config.default_limit),
+            retry_after_seconds: route
+                .retry_after_seconds
+                .unwrap_or(self.config.retry_after_seconds),
+        };
+        let acquired = target.cluster.acquire_with_default(target.limit);
+        self.target = Some(target);
+        match acquired {
             Ok(permit) => self.admit(stream, permit),
             Err(Rejected::NoCapacity) if self.borrow(stream) => HeadersStatus::Pause,
             Err(rejected) => self.reject(stream, rejected),
@@ -296,8 +444,11 @@ impl Filter {
         if self.phase != Phase::Waiting {
             return;
         }
+        let Some(target) = &self.target else {
+            return;
+        };
         let outcome = event_outcome(event_id);
-        match self.config.cluster.acquire() {
+        match target.cluster.acquire_with_default(target.limit) {
             Ok(permit) => {
                 self.end_wait();
                 if self.admit(stream, permit) == HeadersStatus::Continue {
@@ -336,7 +487,7 @@ impl Filter {
         self.borrows += 1;
         self.phase = Phase::Waiting;
         borrower.request_borrow(
-            self.config.cluster.name(),
+            self.cluster_name(),
             Box::new(move |outcome| {
                 // Under the lock: the stream deletes the scheduler under it too.
                 let resume = slot.lock().unwrap_or_else(PoisonError::into_inner);
@@ -361,25 +512,25 @@ impl Filter {
 
     /// Steers the stream to the permit's host and keeps the permit.
     fn admit(&mut self, stream: &mut impl Stream, permit: Permit) -> HeadersStatus {
-        let cfg = Arc::clone(&self.config);
+        let metrics = self.config.metrics;
         if !stream.set_upstream_override_host(permit.host().as_str(), true) {
             crate::log(
                 Level::Error,
                 &format!(
                     "wscap: Envoy refused override host {} for cluster {}; refusing the stream",
                     permit.host(),
-                    cfg.cluster.name()
+                    self.cluster_name()
                 ),
             );
             drop(permit);
-            if let Some(id) = cfg.metrics.rejected {
-                stream.increment_counter(id, &[cfg.cluster.name(), "override_refused"], 1);
+            if let Some(id) = metrics.rejected {
+                stream.increment_counter(id, &[self.cluster_name(), "override_refused"], 1);
             }
             self.refuse(stream, "override_refused");
             return HeadersStatus::StopIteration;
         }
-        if let Some(id) = cfg.metrics.admitted {
-            stream.increment_counter(id, &[cfg.cluster.name(), permit.host().as_str()], 1);
+        if let Some(id) = metrics.admitted {
+            stream.increment_counter(id, &[self.cluster_name(), permit.host().as_str()], 1);
         }
         self.permit = Some(permit);
         self.phase = Phase::Admitted;
@@ -390,12 +541,12 @@ impl Filter {
     fn reject(&mut self, stream: &mut impl Stream, rejected: Rejected) -> HeadersStatus {
         let cfg = Arc::clone(&self.config);
         if let Some(id) = cfg.metrics.rejected {
-            stream.increment_counter(id, &[cfg.cluster.name(), rejected.reason()], 1);
+            stream.increment_counter(id, &[self.cluster_name(), rejected.reason()], 1);
         }
         // Once warned, a refusal skips the lookup (a lock) entirely.
         if rejected == Rejected::NoHosts
             && !cfg.warned_no_policy.load(Ordering::Relaxed)
-            && !crate::lb::has_policy(cfg.cluster.name())
+            && !crate::lb::has_policy(self.cluster_name())
             && !cfg.warned_no_policy.swap(true, Ordering::Relaxed)
         {
             crate::log(
@@ -404,7 +555,7 @@ impl Filter {
                     "wscap: cluster {:?} has no wscap load_balancing_policy, so wscap knows none of \
                      its hosts and refuses every WebSocket on it (503 no_hosts); set the \
                      cluster's load_balancing_policy to the wscap dynamic module (logged once)",
-                    cfg.cluster.name()
+                    self.cluster_name()
                 ),
             );
         }
@@ -415,17 +566,17 @@ impl Filter {
     /// Sends the refusal: 503, `retry-after`, `x-wscap-reason`, a small JSON body.
     pub fn refuse(&mut self, stream: &mut impl Stream, reason: &str) {
         self.phase = Phase::Refused;
-        let cfg = &self.config;
-        let body = match reason {
-            r if r == Rejected::NoCapacity.reason() => cfg.body_no_capacity.clone(),
-            r if r == Rejected::NoHosts.reason() => cfg.body_no_hosts.clone(),
-            r => serde_json::json!({"error": r, "cluster": cfg.cluster.name()}).to_string(),
-        };
+        let retry_after = self
+            .target
+            .as_ref()
+            .map_or(self.config.retry_after_seconds, |t| t.retry_after_seconds)
+            .to_string();
+        let body = serde_json::json!({"error": reason, "cluster": self.cluster_name()}).to_string();
         let details = format!("wscap_{reason}");
         stream.send_local_reply(
             503,
             &[
-                ("retry-after", cfg.retry_after.as_str()),
+                ("retry-after", retry_after.as_str()),
                 ("x-wscap-reason", reason),
                 ("content-type", "application/json"),
             ],
@@ -454,7 +605,7 @@ impl Filter {
                 Level::Warn,
                 &format!(
                     "wscap: cluster {}: upstream address unknown at 101; accounting kept on {}",
-                    self.config.cluster.name(),
+                    self.cluster_name(),
                     permit.host()
                 ),
             );
@@ -466,27 +617,29 @@ impl Filter {
                     Level::Debug,
                     &format!(
                         "wscap: cluster {}: upgraded on {real} as admitted",
-                        self.config.cluster.name()
+                        self.cluster_name()
                     ),
                 );
             }
             return HeadersStatus::Continue;
         }
-        let cfg = Arc::clone(&self.config);
-        if let Some(id) = cfg.metrics.steering_mismatch {
-            stream.increment_counter(id, &[cfg.cluster.name()], 1);
+        if let Some(id) = self.config.metrics.steering_mismatch {
+            stream.increment_counter(id, &[self.cluster_name()], 1);
         }
+        let Some(cluster) = self.target.as_ref().map(|t| t.cluster.clone()) else {
+            return HeadersStatus::Continue;
+        };
         let moved = real
             .parse::<HostAddr>()
             .map_err(|e| e.to_string())
-            .and_then(|addr| cfg.cluster.track_host(&addr).map_err(|r| r.to_string()));
+            .and_then(|addr| cluster.track_host(&addr).map_err(|r| r.to_string()));
         match moved {
             Ok(tracked) => {
                 crate::log(
                     Level::Warn,
                     &format!(
                         "wscap: cluster {} admitted on {} but Envoy connected {}; accounting moved",
-                        cfg.cluster.name(),
+                        cluster.name(),
                         permit.host(),
                         real
                     ),
@@ -499,7 +652,7 @@ impl Filter {
                 Level::Warn,
                 &format!(
                     "wscap: cluster {} admitted on {} but Envoy connected {} ({e}); accounting kept on {}",
-                    cfg.cluster.name(),
+                    cluster.name(),
                     permit.host(),
                     real,
                     permit.host()
@@ -525,7 +678,7 @@ impl Filter {
                 Level::Debug,
                 &format!(
                     "wscap: cluster {}: stream complete; the slot is kept until destroy",
-                    self.config.cluster.name()
+                    self.cluster_name()
                 ),
             );
         }
@@ -539,7 +692,7 @@ impl Filter {
                     Level::Debug,
                     &format!(
                         "wscap: cluster {}: released {} (was {:?})",
-                        self.config.cluster.name(),
+                        self.cluster_name(),
                         permit.host(),
                         self.phase
                     ),
@@ -581,6 +734,8 @@ mod tests {
         sched: Arc<SchedLog>,
         no_scheduler: bool,
         continued: usize,
+        cluster: Option<String>,
+        route: Option<RouteSettings>,
     }
 
     /// What the fake scheduler saw: commits (event ids) and deletions.
@@ -648,6 +803,7 @@ mod tests {
             let mut f = Fake::default();
             f.req.insert("upgrade".into(), vec![b"websocket".to_vec()]);
             f.req.insert("connection".into(), vec![b"Upgrade".to_vec()]);
+            f.cluster = Some("pods".into());
             f
         }
         fn status(&mut self, s: &str) {
@@ -701,16 +857,22 @@ mod tests {
         fn continue_decoding(&mut self) {
             self.continued += 1;
         }
+        fn routed_cluster(&self) -> Option<&str> {
+            self.cluster.as_deref()
+        }
+        fn route_settings(&self) -> Option<RouteSettings> {
+            self.route
+        }
     }
 
     const ADMITTED: usize = 1;
     const REJECTED: usize = 2;
     const MISMATCH: usize = 3;
 
-    fn setup(limit: u32, hosts: &[&str]) -> (Registry, Arc<FilterConfig>) {
-        let reg = Registry::new();
+    fn setup(limit: u32, hosts: &[&str]) -> (&'static Registry, Arc<FilterConfig>) {
+        let reg: &'static Registry = Box::leak(Box::new(Registry::new()));
         let settings = FilterSettings {
-            cluster: "pods".into(),
+            cluster: Some("pods".into()),
             max_connections_per_host: limit,
             retry_after_seconds: 7,
         };
@@ -719,17 +881,20 @@ mod tests {
             rejected: Some(MetricId(REJECTED)),
             steering_mismatch: Some(MetricId(MISMATCH)),
         };
-        let cfg = FilterConfig::new(&reg, &settings, metrics).unwrap();
+        let cfg = FilterConfig::new(reg, &settings, metrics).unwrap();
         let specs: Vec<_> = hosts.iter().map(|h| HostSpec::parse(h).unwrap()).collect();
-        cfg.cluster().set_hosts(&specs);
+        cfg.cluster().unwrap().set_hosts(&specs);
         (reg, Arc::new(cfg))
     }
 
     fn active(cfg: &FilterConfig) -> u64 {
-        cfg.cluster().active()
+        cfg.cluster().unwrap().active()
     }
 
-    fn global_setup(limit: u32, on: bool) -> (Registry, Arc<FilterConfig>, Arc<FakeBorrower>) {
+    fn global_setup(
+        limit: u32,
+        on: bool,
+    ) -> (&'static Registry, Arc<FilterConfig>, Arc<FakeBorrower>) {
         let (reg, cfg) = setup(limit, &["10.0.0.1:80"]);
         let cfg = Arc::try_unwrap(cfg).unwrap();
         let borrower = Arc::new(FakeBorrower {
@@ -752,14 +917,14 @@ mod tests {
     fn global_mode_pauses_borrows_and_resumes_admitted() {
         let (_reg, cfg, borrower) = global_setup(1, true);
         let addr: HostAddr = "10.0.0.1:80".parse().unwrap();
-        cfg.cluster().set_host_cap(&addr, Some(0));
+        cfg.cluster().unwrap().set_host_cap(&addr, Some(0));
         let mut f = Fake::ws();
         let mut filter = Filter::new(cfg.clone());
         assert_eq!(filter.on_request_headers(&mut f), HeadersStatus::Pause);
         assert_eq!(filter.phase(), Phase::Waiting);
         assert!(f.replies.is_empty(), "no refusal while the borrow runs");
         // The coordinator grants: raises the cap, then answers.
-        cfg.cluster().set_host_cap(&addr, Some(1));
+        cfg.cluster().unwrap().set_host_cap(&addr, Some(1));
         assert_eq!(borrower.answer(BorrowOutcome::Granted), 1);
         assert_eq!(ncommits(&f), vec![1]);
         filter.on_scheduled(&mut f, 1);
@@ -782,6 +947,7 @@ mod tests {
         for (outcome, id) in [(BorrowOutcome::Full, 2), (BorrowOutcome::Unavailable, 3)] {
             let (_reg, cfg, borrower) = global_setup(1, true);
             cfg.cluster()
+                .unwrap()
                 .set_host_cap(&"10.0.0.1:80".parse().unwrap(), Some(0));
             let mut f = Fake::ws();
             let mut filter = Filter::new(cfg.clone());
@@ -805,7 +971,7 @@ mod tests {
     fn global_mode_borrows_again_after_a_grant_someone_else_used() {
         let (_reg, cfg, borrower) = global_setup(1, true);
         let addr: HostAddr = "10.0.0.1:80".parse().unwrap();
-        cfg.cluster().set_host_cap(&addr, Some(0));
+        cfg.cluster().unwrap().set_host_cap(&addr, Some(0));
         let mut f = Fake::ws();
         let mut filter = Filter::new(cfg.clone());
         filter.on_request_headers(&mut f);
@@ -814,7 +980,7 @@ mod tests {
         assert_eq!(filter.phase(), Phase::Waiting);
         assert_eq!(borrower.pending.lock().unwrap().len(), 1, "asked again");
         assert_eq!(f.sched.created.load(std::sync::atomic::Ordering::SeqCst), 1);
-        cfg.cluster().set_host_cap(&addr, Some(1));
+        cfg.cluster().unwrap().set_host_cap(&addr, Some(1));
         borrower.answer(BorrowOutcome::Granted);
         filter.on_scheduled(&mut f, 1);
         assert_eq!(filter.phase(), Phase::Admitted);
@@ -825,6 +991,7 @@ mod tests {
     fn a_stream_destroyed_while_borrowing_deletes_its_scheduler_first() {
         let (_reg, cfg, borrower) = global_setup(1, true);
         cfg.cluster()
+            .unwrap()
             .set_host_cap(&"10.0.0.1:80".parse().unwrap(), Some(0));
         let mut f = Fake::ws();
         let mut filter = Filter::new(cfg.clone());
@@ -1122,7 +1289,13 @@ mod tests {
         f.status("101");
         filter.on_response_headers(&mut f);
         assert_eq!(filter.permit_host().unwrap().as_str(), other);
-        let host = |a: &str| cfg.cluster().host(&a.parse().unwrap()).unwrap().active();
+        let host = |a: &str| {
+            cfg.cluster()
+                .unwrap()
+                .host(&a.parse().unwrap())
+                .unwrap()
+                .active()
+        };
         assert_eq!(host(admitted.as_str()), 0);
         assert_eq!(host(other), 1);
         assert!(f.counters.contains(&(MISMATCH, vec!["pods".to_owned()], 1)));
@@ -1143,5 +1316,159 @@ mod tests {
         assert_eq!(active(&cfg), 1);
         drop(filter);
         assert_eq!(active(&cfg), 0);
+    }
+
+    #[test]
+    fn websockets_to_other_clusters_or_no_cluster_or_disabled_routes_pass_untouched() {
+        let (_reg, cfg) = setup(1, &["10.0.0.1:80"]);
+        let cases: [(Option<&str>, Option<RouteSettings>); 3] = [
+            (Some("other"), None),
+            (None, None),
+            (
+                Some("pods"),
+                Some(RouteSettings {
+                    disabled: true,
+                    ..RouteSettings::default()
+                }),
+            ),
+        ];
+        for (cluster, route) in cases {
+            let mut f = Fake::ws();
+            f.cluster = cluster.map(str::to_owned);
+            f.route = route;
+            let mut filter = Filter::new(cfg.clone());
+            assert_eq!(filter.on_request_headers(&mut f), HeadersStatus::Continue);
+            assert_eq!(filter.phase(), Phase::Ignored, "{cluster:?} {route:?}");
+            assert!(f.override_host.is_none(), "no override host");
+            assert!(f.counters.is_empty(), "nothing counted");
+            assert!(f.replies.is_empty(), "no local reply");
+            f.status("101");
+            assert_eq!(filter.on_response_headers(&mut f), HeadersStatus::Continue);
+            assert_eq!(active(&cfg), 0);
+        }
+    }
+
+    #[test]
+    fn a_per_route_limit_and_retry_after_apply_to_that_route_only() {
+        let (_reg, cfg) = setup(3, &["10.0.0.1:80"]);
+        let route = RouteSettings {
+            max_connections_per_host: Some(1),
+            retry_after_seconds: Some(42),
+            disabled: false,
+        };
+        let mut held = Vec::new();
+        let mut f = Fake::ws();
+        f.route = Some(route);
+        let mut a = Filter::new(cfg.clone());
+        assert_eq!(a.on_request_headers(&mut f), HeadersStatus::Continue);
+        held.push(a);
+        // The route allows 1: refused with the route's retry-after.
+        let mut f = Fake::ws();
+        f.route = Some(route);
+        let mut b = Filter::new(cfg.clone());
+        assert_eq!(b.on_request_headers(&mut f), HeadersStatus::StopIteration);
+        let (status, headers, body) = &f.replies[0];
+        assert_eq!(*status, 503);
+        assert!(headers.contains(&("retry-after".into(), "42".into())));
+        assert!(body.contains("\"cluster\":\"pods\""));
+        // Without the route's setting the filter's 3 holds.
+        for _ in 0..2 {
+            let mut f = Fake::ws();
+            let mut c = Filter::new(cfg.clone());
+            assert_eq!(c.on_request_headers(&mut f), HeadersStatus::Continue);
+            held.push(c);
+        }
+        let mut f = Fake::ws();
+        let mut d = Filter::new(cfg.clone());
+        assert_eq!(d.on_request_headers(&mut f), HeadersStatus::StopIteration);
+        assert!(f.replies[0].1.contains(&("retry-after".into(), "7".into())));
+        // A route may also raise the limit over the filter's default.
+        let mut f = Fake::ws();
+        f.route = Some(RouteSettings {
+            max_connections_per_host: Some(4),
+            ..RouteSettings::default()
+        });
+        let mut e = Filter::new(cfg.clone());
+        assert_eq!(e.on_request_headers(&mut f), HeadersStatus::Continue);
+        held.push(e);
+        assert_eq!(active(&cfg), 4);
+        drop(held);
+        assert_eq!(active(&cfg), 0);
+    }
+
+    #[test]
+    fn without_a_cluster_name_every_cluster_with_the_policy_is_governed() {
+        let reg: &'static Registry = Box::leak(Box::new(Registry::new()));
+        let name = "wildcard-test-cluster";
+        let settings = FilterSettings {
+            cluster: None,
+            max_connections_per_host: 2,
+            retry_after_seconds: 1,
+        };
+        let cfg = Arc::new(FilterConfig::new(reg, &settings, FilterMetrics::default()).unwrap());
+        // Not (yet) a wscap cluster: untouched.
+        let mut f = Fake::ws();
+        f.cluster = Some(name.into());
+        let mut filter = Filter::new(cfg.clone());
+        filter.on_request_headers(&mut f);
+        assert_eq!(filter.phase(), Phase::Ignored);
+        // The LB policy arrives for it: governed, with the filter's default.
+        crate::lb::mark_policy(name);
+        let c = reg.cluster_or_create(name).unwrap();
+        apply_default(reg, name);
+        assert_eq!(c.default_limit(), 2);
+        c.set_hosts(&[HostSpec::parse("10.0.0.9:80").unwrap()]);
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut f = Fake::ws();
+            f.cluster = Some(name.into());
+            let mut filter = Filter::new(cfg.clone());
+            assert_eq!(filter.on_request_headers(&mut f), HeadersStatus::Continue);
+            assert_eq!(f.override_host.as_ref().unwrap().0, "10.0.0.9:80");
+            held.push(filter);
+        }
+        let mut f = Fake::ws();
+        f.cluster = Some(name.into());
+        let mut filter = Filter::new(cfg.clone());
+        assert_eq!(
+            filter.on_request_headers(&mut f),
+            HeadersStatus::StopIteration
+        );
+        assert_eq!(c.active(), 2);
+        drop(held);
+        assert_eq!(c.active(), 0);
+        crate::lb::unmark_policy(name);
+    }
+
+    #[test]
+    fn disagreeing_defaults_resolve_to_the_largest_whatever_the_order() {
+        let reg: &'static Registry = Box::leak(Box::new(Registry::new()));
+        let cfg = |n: u32| {
+            FilterConfig::new(
+                reg,
+                &FilterSettings {
+                    cluster: Some("shared".into()),
+                    max_connections_per_host: n,
+                    retry_after_seconds: 1,
+                },
+                FilterMetrics::default(),
+            )
+            .unwrap()
+        };
+        let c = || reg.cluster("shared").unwrap().default_limit();
+        let a = cfg(5);
+        let b = cfg(3);
+        assert_eq!(c(), 5);
+        drop(a);
+        assert_eq!(
+            c(),
+            3,
+            "the remaining config's default once the larger one is gone"
+        );
+        let d = cfg(8);
+        assert_eq!(c(), 8);
+        drop(d);
+        drop(b);
+        assert_eq!(c(), 3, "the last value stays when no config is left");
     }
 }

@@ -8,9 +8,9 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{LazyLock, Mutex, PoisonError};
+use std::sync::{LazyLock, PoisonError, RwLock};
 
-use wscap_core::{Cluster, HostSpec, Registry, MAX_LIMIT};
+use wscap_core::{Cluster, HostSpec, Registry, MAX_LIMIT, STANDBY};
 
 use crate::Level;
 
@@ -19,16 +19,48 @@ pub const METADATA_NAMESPACE: &str = "wscap";
 /// The endpoint metadata key read for per-host limits.
 pub const METADATA_KEY: &str = "max_connections";
 
-/// Clusters for which Envoy created a `wscap` LB instance.
-static WITH_POLICY: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(Default::default);
+/// Clusters for which Envoy created a `wscap` LB instance. Read for every governed WebSocket
+/// by a filter without `"cluster"` (a shared read lock), written when a cluster gets or loses
+/// the policy.
+static WITH_POLICY: LazyLock<RwLock<HashSet<String>>> = LazyLock::new(Default::default);
 
 /// Has Envoy created a `wscap` LB instance for `cluster`? Without one the module never learns
-/// the cluster's hosts, and the filter refuses every WebSocket on it with `no_hosts`.
+/// the cluster's hosts: a filter naming the cluster refuses every WebSocket on it with
+/// `no_hosts`, and a filter without `"cluster"` does not govern it.
 pub fn has_policy(cluster: &str) -> bool {
     WITH_POLICY
-        .lock()
+        .read()
         .unwrap_or_else(PoisonError::into_inner)
         .contains(cluster)
+}
+
+/// Every cluster that has (had) the wscap LB policy in this process and was not removed.
+pub fn policy_clusters() -> Vec<String> {
+    WITH_POLICY
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .cloned()
+        .collect()
+}
+
+/// Records that `cluster` has the policy.
+pub fn mark_policy(cluster: &str) {
+    if has_policy(cluster) {
+        return;
+    }
+    WITH_POLICY
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(cluster.to_owned());
+}
+
+/// Forgets `cluster` (CDS removed it).
+pub fn unmark_policy(cluster: &str) {
+    WITH_POLICY
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .remove(cluster);
 }
 
 /// What the LB policy reads from Envoy's view of the cluster.
@@ -48,6 +80,19 @@ pub trait ClusterView {
     /// A number from the host's (all-hosts index) `filter_metadata[ns][key]`.
     fn host_metadata_number(&self, priority: u32, index: usize, ns: &str, key: &str)
         -> Option<f64>;
+    /// The coarse health of the `index`-th host (all hosts) of a priority.
+    fn host_health(&self, priority: u32, index: usize) -> Health;
+}
+
+/// A host's coarse health as Envoy reports it (`Host::coarseHealth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Failed health checks (or EDS `UNHEALTHY`, `DRAINING`, ...).
+    Unhealthy,
+    /// EDS `DEGRADED` (or an active health check's degraded answer).
+    Degraded,
+    /// Healthy.
+    Healthy,
 }
 
 /// What the LB policy reads from one host-selection request.
@@ -74,45 +119,74 @@ pub fn metadata_limit(value: f64) -> Result<u32, String> {
     Ok(value as u32)
 }
 
-/// Reads the healthy host set of every priority, with per-host limits from metadata.
+/// The member set core gets, with per-host limits from metadata and a tier per host, so that
+/// WebSockets are steered the way Envoy's own load balancers pick hosts:
+///
+/// - tier 0: the healthy hosts of the highest priority (lowest number) that has healthy hosts;
+/// - tier 1: the degraded hosts of the highest priority that has degraded hosts, used only when
+///   no tier-0 host has room;
+/// - [`STANDBY`]: every other healthy or degraded host (lower priorities): counted and reported
+///   `active`, but given no new WebSocket until its priority is the one in use;
+/// - unhealthy hosts are left out, so they drain (still counted until their last connection
+///   closes) and take no new WebSocket.
+///
+/// Envoy's panic mode (fewer healthy hosts than `healthy_panic_threshold`, 50 % by default)
+/// sends plain requests to every host of the priority, unhealthy ones too; wscap never steers a
+/// WebSocket to an unhealthy host, so it does not follow panic mode: with no healthy or
+/// degraded host left, WebSockets are refused with `503 no_hosts`.
 pub fn healthy_specs(view: &impl ClusterView) -> Vec<HostSpec> {
-    let mut specs = Vec::new();
+    let mut found: Vec<(u32, usize, &str, Health)> = Vec::new();
     for p in 0..view.priorities() {
         let Ok(p) = u32::try_from(p) else { break };
         let healthy: HashSet<&str> = (0..view.healthy_count(p))
             .filter_map(|i| view.healthy_address(p, i))
             .collect();
-        if healthy.is_empty() {
-            continue;
-        }
-        // Metadata is indexed by the all-hosts list: walk it and keep the healthy ones.
         for i in 0..view.hosts_count(p) {
             let Some(addr) = view.host_address(p, i) else {
                 continue;
             };
-            if !healthy.contains(addr) {
-                continue;
-            }
-            let mut spec = match HostSpec::parse(addr) {
-                Ok(s) => s,
-                Err(e) => {
-                    crate::log(Level::Warn, &format!("wscap lb: skipping host: {e}"));
-                    continue;
+            // Envoy's healthy list is the authority for "healthy"; the per-host health tells a
+            // degraded host from an unhealthy one.
+            let health = if healthy.contains(addr) {
+                Health::Healthy
+            } else {
+                match view.host_health(p, i) {
+                    Health::Degraded => Health::Degraded,
+                    _ => continue,
                 }
             };
-            if let Some(v) = view.host_metadata_number(p, i, METADATA_NAMESPACE, METADATA_KEY) {
-                match metadata_limit(v) {
-                    Ok(limit) => spec = spec.with_limit(limit),
-                    Err(e) => crate::log(
-                        Level::Warn,
-                        &format!(
-                            "wscap lb: host {addr}: filter_metadata.{METADATA_NAMESPACE}.{METADATA_KEY} {e}; using the cluster default"
-                        ),
-                    ),
-                }
-            }
-            specs.push(spec);
+            found.push((p, i, addr, health));
         }
+    }
+    let first = |h: Health| found.iter().find(|f| f.3 == h).map(|f| f.0);
+    let (in_use, degraded_in_use) = (first(Health::Healthy), first(Health::Degraded));
+    let mut specs = Vec::with_capacity(found.len());
+    for (p, i, addr, health) in found {
+        let mut spec = match HostSpec::parse(addr) {
+            Ok(s) => s,
+            Err(e) => {
+                crate::log(Level::Warn, &format!("wscap lb: skipping host: {e}"));
+                continue;
+            }
+        };
+        let tier = match health {
+            Health::Healthy if Some(p) == in_use => 0,
+            Health::Degraded if Some(p) == degraded_in_use => 1,
+            _ => STANDBY,
+        };
+        spec = spec.with_tier(tier);
+        if let Some(v) = view.host_metadata_number(p, i, METADATA_NAMESPACE, METADATA_KEY) {
+            match metadata_limit(v) {
+                Ok(limit) => spec = spec.with_limit(limit),
+                Err(e) => crate::log(
+                    Level::Warn,
+                    &format!(
+                        "wscap lb: host {addr}: filter_metadata.{METADATA_NAMESPACE}.{METADATA_KEY} {e}; using the cluster default"
+                    ),
+                ),
+            }
+        }
+        specs.push(spec);
     }
     specs
 }
@@ -127,14 +201,13 @@ impl Lb {
     /// creation is ignored; an empty set delivered by the membership hook is honoured.
     pub fn new(registry: &Registry, view: &impl ClusterView) -> Self {
         let name = view.cluster_name();
-        {
-            let mut with_policy = WITH_POLICY.lock().unwrap_or_else(PoisonError::into_inner);
-            if !with_policy.contains(&name) {
-                with_policy.insert(name.clone());
-            }
-        }
+        mark_policy(&name);
         let cluster = match registry.cluster_or_create(&name) {
-            Ok(c) => Some(c),
+            Ok(c) => {
+                // A filter config without "cluster" governs it from now on.
+                crate::filter::apply_default(registry, &name);
+                Some(c)
+            }
             Err(e) => {
                 crate::log(Level::Error, &format!("wscap lb: cluster {name:?}: {e}"));
                 None
@@ -227,6 +300,7 @@ mod tests {
     struct Host {
         addr: String,
         healthy: bool,
+        degraded: bool,
         limit: Option<f64>,
     }
 
@@ -268,6 +342,13 @@ mod tests {
             assert_eq!((ns, key), ("wscap", "max_connections"));
             self.prios[p as usize].get(i).and_then(|h| h.limit)
         }
+        fn host_health(&self, p: u32, i: usize) -> Health {
+            match self.prios[p as usize].get(i) {
+                Some(h) if h.healthy => Health::Healthy,
+                Some(h) if h.degraded => Health::Degraded,
+                _ => Health::Unhealthy,
+            }
+        }
     }
 
     struct Req(Option<(String, bool)>);
@@ -281,6 +362,7 @@ mod tests {
         Host {
             addr: addr.into(),
             healthy,
+            degraded: false,
             limit,
         }
     }
@@ -312,14 +394,46 @@ mod tests {
     #[test]
     fn feeds_healthy_hosts_of_all_priorities_with_limits() {
         let specs = healthy_specs(&view());
-        let got: Vec<_> = specs.iter().map(|s| (s.addr.as_str(), s.limit)).collect();
+        let got: Vec<_> = specs
+            .iter()
+            .map(|s| (s.addr.as_str(), s.limit, s.tier))
+            .collect();
         assert_eq!(
             got,
             [
-                ("10.0.0.1:80", None),
-                ("10.0.0.3:80", Some(7)),
-                ("10.0.1.1:80", None) // 1.5 is refused: cluster default
+                ("10.0.0.1:80", None, 0),
+                ("10.0.0.3:80", Some(7), 0),
+                ("10.0.1.1:80", None, STANDBY) // 1.5 is refused: cluster default
             ]
+        );
+    }
+
+    #[test]
+    fn tiers_follow_priority_then_health() {
+        let mut v = view();
+        v.prios[0][1].degraded = true; // 10.0.0.2: degraded in priority 0
+        let tiers = |v: &View| -> Vec<(String, u8)> {
+            healthy_specs(v)
+                .iter()
+                .map(|s| (s.addr.as_str().to_owned(), s.tier))
+                .collect()
+        };
+        assert_eq!(
+            tiers(&v),
+            [
+                ("10.0.0.1:80".to_owned(), 0),
+                ("10.0.0.2:80".to_owned(), 1),
+                ("10.0.0.3:80".to_owned(), 0),
+                ("10.0.1.1:80".to_owned(), STANDBY),
+            ]
+        );
+        // Priority 0 loses its healthy hosts: priority 1 is in use; 0's degraded host stays
+        // the degraded fallback; the unhealthy ones are left out (they drain).
+        v.prios[0][0].healthy = false;
+        v.prios[0][2].healthy = false;
+        assert_eq!(
+            tiers(&v),
+            [("10.0.0.2:80".to_owned(), 1), ("10.0.1.1:80".to_owned(), 0),]
         );
     }
 

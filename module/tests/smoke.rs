@@ -347,8 +347,8 @@ fn bad_configs_are_refused_at_load_with_a_message() {
     refused_with(&s, "unknown field `bogus`");
 
     let mut s = Setup::new(port, &backends, 1);
-    s.filter_json = r#"{"max_connections_per_host":1}"#.into();
-    refused_with(&s, "missing field `cluster`");
+    s.filter_json = r#"{"cluster":"pods"}"#.into();
+    refused_with(&s, "missing field `max_connections_per_host`");
 
     let mut s = Setup::new(port, &backends, 1);
     s.lb_json = r#"{"mode":"x"}"#.into();

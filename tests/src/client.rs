@@ -64,20 +64,40 @@ impl Outcome {
 
 /// Open a WebSocket to `127.0.0.1:port` at `path` (10 s timeout).
 pub async fn connect(port: u16, path: &str) -> Outcome {
-    match tokio::time::timeout(Duration::from_secs(10), connect_inner(port, path)).await {
+    connect_with(port, path, &[]).await
+}
+
+/// [`connect`] with extra request headers (e.g. the header a `cluster_header` route reads).
+pub async fn connect_with(port: u16, path: &str, headers: &[(&str, &str)]) -> Outcome {
+    match tokio::time::timeout(Duration::from_secs(10), connect_inner(port, path, headers)).await {
         Ok(o) => o,
         Err(_) => Outcome::Failed("handshake timed out".into()),
     }
 }
 
-async fn connect_inner(port: u16, path: &str) -> Outcome {
+async fn connect_inner(port: u16, path: &str, headers: &[(&str, &str)]) -> Outcome {
+    use tungstenite::client::IntoClientRequest;
     let sock = match TcpStream::connect(("127.0.0.1", port)).await {
         Ok(s) => s,
         Err(e) => return Outcome::Failed(format!("tcp connect: {e}")),
     };
     let _ = sock.set_nodelay(true);
-    let url = format!("ws://127.0.0.1:{port}{path}");
-    match tokio_tungstenite::client_async(url, sock).await {
+    let mut request = match format!("ws://127.0.0.1:{port}{path}").into_client_request() {
+        Ok(r) => r,
+        Err(e) => return Outcome::Failed(format!("request: {e}")),
+    };
+    for (k, v) in headers {
+        match (
+            tungstenite::http::HeaderName::from_bytes(k.as_bytes()),
+            tungstenite::http::HeaderValue::from_str(v),
+        ) {
+            (Ok(k), Ok(v)) => {
+                request.headers_mut().insert(k, v);
+            }
+            _ => return Outcome::Failed(format!("bad header {k}: {v}")),
+        }
+    }
+    match tokio_tungstenite::client_async(request, sock).await {
         Ok((ws, resp)) => {
             let backend = resp
                 .headers()

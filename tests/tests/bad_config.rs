@@ -17,9 +17,14 @@ const CASES: &[(&str, &str, &[&str])] = &[
         &["JSON"],
     ),
     (
-        "missing cluster",
-        r#"{"max_connections_per_host": 3}"#,
-        &["missing", "cluster"],
+        "empty cluster",
+        r#"{"cluster": "", "max_connections_per_host": 3}"#,
+        &["cluster", "must not be empty"],
+    ),
+    (
+        "missing limit",
+        r#"{"cluster": "pods"}"#,
+        &["missing", "max_connections_per_host"],
     ),
     (
         "negative limit",

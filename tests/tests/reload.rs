@@ -228,3 +228,106 @@ async fn cds_cluster_update_keeps_live_counts() {
     .await;
     envoy.assert_running();
 }
+
+/// A cluster that CDS removes stops being counted and its state is freed: at once when it held
+/// no connection, once its last connection is gone otherwise; added back, it starts afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cds_removed_cluster_is_freed() {
+    let pod = Backend::start("pod-0").await;
+    let idle_pod = Backend::start("idle-0").await;
+    let dir = wscap_e2e::scratch_dir("cds-rm");
+    let cds_dir = dir.join("cds");
+    std::fs::create_dir_all(&cds_dir).unwrap();
+    let cds = cds_dir.join("clusters.json");
+    let pods = config::static_cluster(CLUSTER, &[Endpoint::new(pod.addr)], true);
+    let idle = config::static_cluster("idle", &[Endpoint::new(idle_pod.addr)], true);
+    write_atomic(
+        &cds,
+        &config::cds_file_contents(&[pods.clone(), idle.clone()], 1),
+    );
+    let l = ListenerSpec::new(
+        LISTENER,
+        CLUSTER,
+        vec![config::wscap_filter(&config::filter_config(CLUSTER, 2, 7))],
+    );
+    let mut boot = config::bootstrap(std::slice::from_ref(&l), vec![], true);
+    boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        ["route_config"]["validate_clusters"] = serde_json::json!(false);
+    config::use_file_cds(&mut boot, &cds);
+    let mut envoy = Envoy::try_start_in(&dir, &boot, &Opts::with_module(wscap_e2e::concurrency()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let port = envoy.listener_port(LISTENER).await;
+    let names = |doc: &serde_json::Value| -> Vec<String> {
+        doc["clusters"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| c["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    eventually("both clusters known", SETTLE, || async {
+        let doc = envoy.wscap().await;
+        let n = metrics::hosts(&doc, CLUSTER).len() + metrics::hosts(&doc, "idle").len();
+        (n == 2).then_some(()).ok_or(format!("{doc}"))
+    })
+    .await;
+    let held = connect(port, "/ws").await.expect_open("before removal");
+    let host = pod.host();
+    let gauge = || async {
+        metrics::value(
+            &envoy.prometheus().await,
+            wscap_e2e::rig::PROM_ACTIVE,
+            &[("cluster", CLUSTER), ("host", &host)],
+        )
+    };
+    eventually("its gauge reads 1", SETTLE, || async {
+        let v = gauge().await;
+        (v == Some(1.0)).then_some(()).ok_or(format!("{v:?}"))
+    })
+    .await;
+
+    write_atomic(&cds, &config::cds_file_contents(&[], 2));
+    eventually("the idle cluster is freed at once", SETTLE, || async {
+        let n = names(&envoy.wscap().await);
+        (!n.iter().any(|c| c == "idle"))
+            .then_some(())
+            .ok_or(format!("{n:?}"))
+    })
+    .await;
+    held.close().await;
+    eventually(
+        "the removed cluster is freed once empty",
+        SETTLE,
+        || async {
+            let n = names(&envoy.wscap().await);
+            n.is_empty().then_some(()).ok_or(format!("{n:?}"))
+        },
+    )
+    .await;
+    eventually("its gauge reads 0", SETTLE, || async {
+        let v = gauge().await;
+        (v == Some(0.0)).then_some(()).ok_or(format!("{v:?}"))
+    })
+    .await;
+
+    // Back again: admitted afresh, within the limit.
+    write_atomic(&cds, &config::cds_file_contents(&[pods], 3));
+    let c1 = eventually("admitted after the cluster came back", SETTLE, || async {
+        match connect(port, "/ws").await {
+            wscap_e2e::client::Outcome::Open(c) => Ok(c),
+            o => Err(format!("status {}", o.status())),
+        }
+    })
+    .await;
+    let c2 = connect(port, "/ws").await.expect_open("second");
+    wscap_e2e::rig::assert_wscap_refusal(
+        &connect(port, "/ws").await.expect_refused("third"),
+        "no_capacity",
+    );
+    assert!(pod.max_seen() <= 2);
+    drop((c1, c2));
+    envoy.assert_running();
+}

@@ -32,14 +32,13 @@ impl GaugeSink for EnvoyBootstrapConfig {
     }
 }
 
-/// The bootstrap config: state plus the refresh timer.
+/// The bootstrap config: state plus the refresh timer, and Envoy's handle of the config
+/// (for the hooks that get only the extension: `server_initialized`).
 struct BootstrapConfig {
     state: Bootstrap,
     timer: *mut c_void,
+    config_envoy: *mut c_void,
 }
-
-/// Marker returned as the per-server extension (the config holds the state).
-static BOOTSTRAP_MARKER: u8 = 0;
 
 /// Parses the config, defines the gauges, registers `/wscap`, starts the timer, and signals
 /// init complete (without which Envoy never starts its listeners). NULL refuses.
@@ -124,7 +123,11 @@ pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_config_new(
                     config_envoy,
                 )
             };
-            into_module_ptr(BootstrapConfig { state, timer })
+            into_module_ptr(BootstrapConfig {
+                state,
+                timer,
+                config_envoy,
+            })
         },
         ptr::null,
     )
@@ -167,6 +170,7 @@ pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_timer_fired(
     guard(
         "bootstrap_extension_timer_fired",
         || {
+            cfg.state.sweep(&REGISTRY);
             cfg.state
                 .refresh(&REGISTRY.snapshot(), &EnvoyBootstrapConfig(config_envoy));
             if let Some(c) = crate::global::coordinator() {
@@ -217,21 +221,46 @@ pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_admin_request(
     status
 }
 
-/// A non-null per-server extension.
+/// The per-server extension is the config itself (borrowed: the config outlives it, and
+/// `bootstrap_extension_destroy` frees nothing), so `server_initialized` can reach it.
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_new(
-    _config: *const c_void,
+    config: *const c_void,
     _extension_envoy: *mut c_void,
 ) -> *const c_void {
-    ptr::from_ref(&BOOTSTRAP_MARKER).cast()
+    config
 }
 
-/// Nothing to do.
+/// The cluster manager exists now: subscribe to cluster removals (CDS), so that a removed
+/// cluster stops being counted and its state is freed.
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_server_initialized(
     _extension_envoy: *mut c_void,
-    _extension: *const c_void,
+    extension: *const c_void,
 ) {
+    // SAFETY: `extension` is the config pointer `bootstrap_extension_new` returned; the config
+    // lives until `config_destroy`, after the extension (main thread only).
+    let Some(cfg) = (unsafe { module_ref::<BootstrapConfig>(extension) }) else {
+        return;
+    };
+    guard(
+        "bootstrap_extension_server_initialized",
+        || {
+            // SAFETY: live config handle, main thread, server initialized.
+            let on = unsafe {
+                envoy_dynamic_module_callback_bootstrap_extension_enable_cluster_lifecycle(
+                    cfg.config_envoy,
+                )
+            };
+            if !on {
+                log(
+                    Level::Warn,
+                    "wscap: Envoy refused cluster lifecycle events: clusters removed by CDS stay listed in /wscap",
+                );
+            }
+        },
+        || (),
+    )
 }
 
 /// Nothing to do.
@@ -264,7 +293,7 @@ pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_shutdown(
     }
 }
 
-/// Nothing to free (the extension is a static marker).
+/// Nothing to free (the extension borrows the config).
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_destroy(_extension: *const c_void) {}
 
@@ -301,22 +330,38 @@ pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_file_changed(
 ) {
 }
 
-/// Unused (cluster lifecycle is not enabled).
+/// A cluster came (back): stop retiring it.
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_cluster_add_or_update(
     _config_envoy: *mut c_void,
-    _config: *const c_void,
-    _name: EnvoyBuffer,
+    config: *const c_void,
+    name: EnvoyBuffer,
 ) {
+    // SAFETY: `config` is from bootstrap config_new and not yet destroyed (main thread only).
+    if let Some(cfg) = unsafe { module_ref::<BootstrapConfig>(config) } {
+        guard(
+            "bootstrap_extension_cluster_add_or_update",
+            || cfg.state.cluster_added(&text(name)),
+            || (),
+        );
+    }
 }
 
-/// Unused.
+/// CDS removed a cluster: its hosts drain, and its state is freed once they are empty.
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_cluster_removal(
     _config_envoy: *mut c_void,
-    _config: *const c_void,
-    _name: EnvoyBuffer,
+    config: *const c_void,
+    name: EnvoyBuffer,
 ) {
+    // SAFETY: `config` is from bootstrap config_new and not yet destroyed (main thread only).
+    if let Some(cfg) = unsafe { module_ref::<BootstrapConfig>(config) } {
+        guard(
+            "bootstrap_extension_cluster_removal",
+            || cfg.state.cluster_removed(&REGISTRY, &text(name)),
+            || (),
+        );
+    }
 }
 
 /// Unused (listener lifecycle is not enabled).

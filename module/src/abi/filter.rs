@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::sys::*;
 use super::{guard, into_module_ptr, module_ref, refuse_config, take_module_ptr, text};
+use crate::config::RouteSettings;
 use crate::filter::{
     Filter, FilterConfig, FilterMetrics, HeaderKind, HeadersStatus, MetricId, Resume,
 };
@@ -134,6 +135,27 @@ impl crate::filter::Stream for EnvoyStream {
         // the stream is paused by `request_headers`.
         unsafe { envoy_dynamic_module_callback_http_filter_continue_decoding(self.0) }
     }
+
+    fn routed_cluster(&self) -> Option<&str> {
+        let mut out = EnvoyBuffer::EMPTY;
+        // SAFETY: live filter handle; valid out-pointer.
+        let found =
+            unsafe { envoy_dynamic_module_callback_http_get_cluster_name(self.0, &mut out) };
+        if !found {
+            return None;
+        }
+        // SAFETY: the name lives in the cluster info the stream holds for its whole life.
+        std::str::from_utf8(unsafe { envoy_bytes(out) }).ok()
+    }
+
+    fn route_settings(&self) -> Option<RouteSettings> {
+        // SAFETY: live filter handle.
+        let ptr = unsafe { envoy_dynamic_module_callback_get_most_specific_route_config(self.0) };
+        // SAFETY: a non-null pointer is one `on_http_filter_per_route_config_new` made with
+        // `into_module_ptr::<RouteSettings>`; Envoy keeps the per-route config (and so the
+        // pointer) alive while the stream's route is in use.
+        unsafe { module_ref::<RouteSettings>(ptr) }.copied()
+    }
 }
 
 /// Envoy's per-stream scheduler, owned by the module: created in a hook, committed from the
@@ -213,8 +235,13 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
                     log(
                         Level::Info,
                         &format!(
-                            "wscap: http filter for cluster {:?}: {} connections per host, retry-after {}s",
-                            settings.cluster, settings.max_connections_per_host, settings.retry_after_seconds
+                            "wscap: http filter for {}: {} connections per host, retry-after {}s",
+                            settings.cluster.as_ref().map_or_else(
+                                || "every cluster with the wscap LB policy".to_owned(),
+                                |c| format!("cluster {c:?}")
+                            ),
+                            settings.max_connections_per_host,
+                            settings.retry_after_seconds
                         ),
                     );
                     into_module_ptr(Arc::new(cfg))
@@ -223,6 +250,49 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             }
         },
         ptr::null,
+    )
+}
+
+/// Parses a per-route config (`DynamicModuleFilterPerRoute`); NULL refuses it (Envoy then
+/// refuses the route configuration, naming the hook).
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_new(
+    name: EnvoyBuffer,
+    config: EnvoyBuffer,
+) -> *const c_void {
+    guard(
+        "http_filter_per_route_config_new",
+        || {
+            let name = text(name);
+            if name != "wscap" {
+                return refuse_config(
+                    "per-route",
+                    &name,
+                    "unknown filter_name: expected \"wscap\"",
+                );
+            }
+            // SAFETY: Envoy's config buffer is valid during this hook.
+            match config::parse_route(unsafe { envoy_bytes(config) }) {
+                Ok(route) => into_module_ptr(route),
+                Err(e) => refuse_config("per-route", &name, &e),
+            }
+        },
+        ptr::null,
+    )
+}
+
+/// Drops a per-route config.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_destroy(
+    config: *const c_void,
+) {
+    guard(
+        "http_filter_per_route_config_destroy",
+        || {
+            // SAFETY: `config` came from `into_module_ptr` in per_route_config_new; destroyed once.
+            drop(unsafe { take_module_ptr::<RouteSettings>(config) });
+        },
+        || (),
     )
 }
 

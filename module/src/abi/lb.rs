@@ -6,7 +6,7 @@ use std::ptr;
 
 use super::sys::*;
 use super::{guard, into_module_ptr, module_ref, refuse_config, take_module_ptr, text};
-use crate::lb::{ClusterView, Lb, RequestView};
+use crate::lb::{ClusterView, Health, Lb, RequestView};
 use crate::{config, REGISTRY};
 
 /// The LB's Envoy handle, valid during one hook call.
@@ -88,6 +88,15 @@ impl ClusterView for EnvoyLb {
             )
         };
         ok.then_some(v)
+    }
+
+    fn host_health(&self, priority: u32, index: usize) -> Health {
+        // SAFETY: live LB handle; out-of-range indexes answer "unhealthy".
+        match unsafe { envoy_dynamic_module_callback_lb_get_host_health(self.0, priority, index) } {
+            HOST_HEALTH_HEALTHY => Health::Healthy,
+            HOST_HEALTH_DEGRADED => Health::Degraded,
+            _ => Health::Unhealthy,
+        }
     }
 }
 

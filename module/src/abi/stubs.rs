@@ -16,6 +16,19 @@ extern "C" fn envoy_dynamic_module_callback_http_get_header(
     false
 }
 #[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_get_cluster_name(
+    _: *mut c_void,
+    _: *mut EnvoyBuffer,
+) -> bool {
+    false
+}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_get_most_specific_route_config(
+    _: *mut c_void,
+) -> *const c_void {
+    std::ptr::null()
+}
+#[no_mangle]
 extern "C" fn envoy_dynamic_module_callback_http_set_upstream_override_host(
     _: *mut c_void,
     _: ModuleBuffer,
@@ -103,6 +116,12 @@ extern "C" fn envoy_dynamic_module_callback_bootstrap_extension_config_signal_in
 ) {
 }
 #[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_bootstrap_extension_enable_cluster_lifecycle(
+    _: *mut c_void,
+) -> bool {
+    false
+}
+#[no_mangle]
 extern "C" fn envoy_dynamic_module_callback_bootstrap_extension_timer_new(
     _: *mut c_void,
 ) -> *mut c_void {
@@ -154,6 +173,14 @@ extern "C" fn envoy_dynamic_module_callback_lb_get_healthy_host_address(
     _: *mut EnvoyBuffer,
 ) -> bool {
     false
+}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_lb_get_host_health(
+    _: *mut c_void,
+    _: u32,
+    _: usize,
+) -> i32 {
+    0
 }
 #[no_mangle]
 extern "C" fn envoy_dynamic_module_callback_lb_get_host_metadata_number(

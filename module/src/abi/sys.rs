@@ -61,6 +61,9 @@ pub(crate) const HEADER_REQUEST: i32 = 0;
 pub(crate) const HEADER_RESPONSE: i32 = 2;
 /// `envoy_dynamic_module_type_attribute_id_UpstreamAddress` (`upstream.address`).
 pub(crate) const ATTRIBUTE_UPSTREAM_ADDRESS: i32 = 41;
+/// `envoy_dynamic_module_type_host_health`.
+pub(crate) const HOST_HEALTH_DEGRADED: i32 = 1;
+pub(crate) const HOST_HEALTH_HEALTHY: i32 = 2;
 /// `envoy_dynamic_module_type_metrics_result_Success`.
 pub(crate) const METRICS_SUCCESS: i32 = 0;
 /// HTTP header hook results.
@@ -88,6 +91,20 @@ extern "C" {
         index: usize,
         count_out: *mut usize,
     ) -> bool;
+    // `http_get_cluster_name(filter_envoy, out) -> bool`: the name of the cluster the route
+    // selected (Envoy's `clusterInfo()` for the stream), false when the route has none. Proved
+    // on 1.40.0 by `tests/tests/gateway.rs` (plain, weighted_clusters and cluster_header routes,
+    // and a direct-response route); exported by 1.38.3 and 1.39.3 too.
+    pub(crate) fn envoy_dynamic_module_callback_http_get_cluster_name(
+        filter_envoy: *mut c_void,
+        name_out: *mut EnvoyBuffer,
+    ) -> bool;
+    // The module pointer that `on_http_filter_per_route_config_new` returned for the most
+    // specific `typed_per_filter_config` of the stream's route (route, then virtual host), or
+    // NULL when there is none.
+    pub(crate) fn envoy_dynamic_module_callback_get_most_specific_route_config(
+        filter_envoy: *mut c_void,
+    ) -> *const c_void;
     pub(crate) fn envoy_dynamic_module_callback_http_set_upstream_override_host(
         filter_envoy: *mut c_void,
         host: ModuleBuffer,
@@ -168,6 +185,12 @@ extern "C" {
     pub(crate) fn envoy_dynamic_module_callback_bootstrap_extension_config_signal_init_complete(
         config_envoy: *mut c_void,
     );
+    // `enable_cluster_lifecycle(config_envoy) -> bool`: from then on Envoy calls the
+    // `cluster_add_or_update` / `cluster_removal` hooks. Only once the server is initialized
+    // (the cluster manager exists); false before that or when already enabled.
+    pub(crate) fn envoy_dynamic_module_callback_bootstrap_extension_enable_cluster_lifecycle(
+        config_envoy: *mut c_void,
+    ) -> bool;
     pub(crate) fn envoy_dynamic_module_callback_bootstrap_extension_timer_new(
         config_envoy: *mut c_void,
     ) -> *mut c_void;
@@ -206,6 +229,14 @@ extern "C" {
         index: usize,
         address_out: *mut EnvoyBuffer,
     ) -> bool;
+    // `lb_get_host_health(lb, priority, index) -> health` over *all* hosts of a priority:
+    // 0 unhealthy, 1 degraded, 2 healthy (Envoy's `Host::Health` order). Proved on 1.40.0 by
+    // `tests/tests/priorities.rs` (EDS `health_status: DEGRADED` reads 1).
+    pub(crate) fn envoy_dynamic_module_callback_lb_get_host_health(
+        lb_envoy: *mut c_void,
+        priority: u32,
+        index: usize,
+    ) -> i32;
     pub(crate) fn envoy_dynamic_module_callback_lb_get_host_metadata_number(
         lb_envoy: *mut c_void,
         priority: u32,
