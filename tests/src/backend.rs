@@ -96,6 +96,13 @@ impl Backend {
         Ok(Self::serve(name, listener))
     }
 
+    /// Start a backend on a given loopback address, e.g. `127.0.0.3:port`: several "pods" on one
+    /// port at distinct addresses, as a DNS-discovered Kubernetes Service sees them.
+    pub async fn start_at(name: &str, addr: SocketAddr) -> std::io::Result<Backend> {
+        let listener = TcpListener::bind(addr).await?;
+        Ok(Self::serve(name, listener))
+    }
+
     fn serve(name: &str, listener: TcpListener) -> Backend {
         let addr = listener.local_addr().expect("backend addr");
         let shared = Arc::new(Shared::default());

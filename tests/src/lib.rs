@@ -24,9 +24,11 @@
 pub mod backend;
 pub mod client;
 pub mod config;
+pub mod dns;
 pub mod envoy;
 pub mod example;
 pub mod http;
+pub mod k8s;
 pub mod metrics;
 pub mod redis;
 pub mod rig;
