@@ -28,6 +28,7 @@ pub mod envoy;
 pub mod example;
 pub mod http;
 pub mod metrics;
+pub mod prometheus;
 pub mod redis;
 pub mod rig;
 
