@@ -85,7 +85,18 @@ pub struct Gauges {
     pub active: Option<MetricId>,
     /// `wscap_connection_limit{cluster,host}`.
     pub limit: Option<MetricId>,
+    /// The HTTP filter's counter `wscap_admitted{cluster,host}`, defined here too so that each
+    /// host's series exists at 0 from when the host appears (the same stat as the filter's:
+    /// Envoy keeps one stat per name). Otherwise a series would be born at its first
+    /// admission, and `rate()` / `increase()` in Prometheus never see that first increment.
+    pub admitted: Option<MetricId>,
+    /// The HTTP filter's counter `wscap_rejected{cluster,reason}`, likewise created at 0 for
+    /// [`REFUSAL_REASONS`] when a cluster appears.
+    pub rejected: Option<MetricId>,
 }
+
+/// The refusal reasons whose `wscap_rejected` series exist at 0 for every cluster.
+pub const REFUSAL_REASONS: [&str; 2] = ["no_capacity", "no_hosts"];
 
 /// The extension's state (main thread only; the mutex only satisfies `Sync`).
 #[derive(Debug)]
@@ -94,6 +105,8 @@ pub struct Bootstrap {
     gauges: Gauges,
     /// Last value set per `(cluster, host)`: `(active, limit)`.
     reported: Mutex<HashMap<(String, String), (u64, u64)>>,
+    /// Hosts and clusters whose counters were created at 0.
+    counters_created: Mutex<std::collections::HashSet<(String, Option<String>)>>,
     /// Global mode: whether the coordinator's last round reached Redis, as last logged.
     redis_ok: Mutex<Option<bool>>,
     global: GlobalMetrics,
@@ -107,6 +120,7 @@ impl Bootstrap {
             settings,
             gauges,
             reported: Mutex::new(HashMap::new()),
+            counters_created: Mutex::new(std::collections::HashSet::new()),
             redis_ok: Mutex::new(None),
             global: GlobalMetrics::default(),
             global_reported: Mutex::new(GlobalReported::default()),
@@ -248,6 +262,26 @@ impl Bootstrap {
                     (c.name.clone(), h.address.clone()),
                     (u64::from(h.active), u64::from(h.limit)),
                 );
+            }
+        }
+        {
+            let mut created = self
+                .counters_created
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (cluster, host) in now.keys() {
+                if created.insert((cluster.clone(), None)) {
+                    if let Some(id) = self.gauges.rejected {
+                        for reason in REFUSAL_REASONS {
+                            sink.add_counter(id, &[cluster, reason], 0);
+                        }
+                    }
+                }
+                if created.insert((cluster.clone(), Some(host.clone()))) {
+                    if let Some(id) = self.gauges.admitted {
+                        sink.add_counter(id, &[cluster, host], 0);
+                    }
+                }
             }
         }
         for (key, &(active, limit)) in &now {
@@ -471,6 +505,7 @@ mod tests {
             Gauges {
                 active: Some(MetricId(1)),
                 limit: Some(MetricId(2)),
+                ..Gauges::default()
             },
         );
         let sink = Sink::default();

@@ -96,7 +96,10 @@ impl Prometheus {
         let log = File::create(dir.join("prometheus.log")).expect("prometheus log");
         let child = Command::new(prometheus_bin())
             .arg(format!("--config.file={}", config_path.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address={addr}"))
             .arg("--log.level=warn")
             .stdin(Stdio::null())
@@ -155,7 +158,9 @@ impl Prometheus {
             .await
             .map_err(|e| format!("query {expr:?}: {e}"))?;
         let number = |v: &Value| -> Result<f64, String> {
-            let s = v[1].as_str().ok_or(format!("query {expr:?}: bad sample {v}"))?;
+            let s = v[1]
+                .as_str()
+                .ok_or(format!("query {expr:?}: bad sample {v}"))?;
             match s {
                 "NaN" => Ok(f64::NAN),
                 "+Inf" => Ok(f64::INFINITY),

@@ -44,7 +44,10 @@ impl GaugeSink for EnvoyBootstrapConfig {
             )
         };
         if rc != METRICS_SUCCESS {
-            log(Level::Debug, &format!("wscap: add_counter({}) = {rc}", id.0));
+            log(
+                Level::Debug,
+                &format!("wscap: add_counter({}) = {rc}", id.0),
+            );
         }
     }
 
@@ -145,6 +148,8 @@ pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_config_new(
             }
             let gauge =
                 envoy_dynamic_module_callback_bootstrap_extension_config_define_gauge as DefineFn;
+            let counter =
+                envoy_dynamic_module_callback_bootstrap_extension_config_define_counter as DefineFn;
             let gauges = Gauges {
                 active: define(
                     gauge,
@@ -157,6 +162,18 @@ pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_config_new(
                     config_envoy,
                     "wscap_connection_limit",
                     &["cluster", "host"],
+                ),
+                admitted: define(
+                    counter,
+                    config_envoy,
+                    "wscap_admitted",
+                    &["cluster", "host"],
+                ),
+                rejected: define(
+                    counter,
+                    config_envoy,
+                    "wscap_rejected",
+                    &["cluster", "reason"],
                 ),
             };
             // SAFETY: live config handle inside config_new; Envoy copies path and help.
