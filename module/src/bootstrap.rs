@@ -544,6 +544,42 @@ mod tests {
     }
 
     #[test]
+    fn counters_are_created_at_zero_once_per_host_and_cluster() {
+        let reg = Registry::new();
+        let c = reg.set_default_limit("pods", 3).unwrap();
+        c.set_hosts(&[HostSpec::parse("10.0.0.1:80").unwrap()]);
+        let b = Bootstrap::new(
+            BootstrapSettings::default(),
+            Gauges {
+                admitted: Some(MetricId(3)),
+                rejected: Some(MetricId(4)),
+                ..Gauges::default()
+            },
+        );
+        let sink = Sink::default();
+        b.refresh(&reg.snapshot(), &sink);
+        let mut got = sink.0.take();
+        got.sort();
+        let v = |s: &[&str]| s.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            got,
+            vec![
+                (103, v(&["pods", "10.0.0.1:80"]), 0),
+                (104, v(&["pods", "no_capacity"]), 0),
+                (104, v(&["pods", "no_hosts"]), 0),
+            ]
+        );
+        c.set_hosts(&[
+            HostSpec::parse("10.0.0.1:80").unwrap(),
+            HostSpec::parse("10.0.0.2:80").unwrap(),
+        ]);
+        b.refresh(&reg.snapshot(), &sink);
+        assert_eq!(sink.0.take(), vec![(103, v(&["pods", "10.0.0.2:80"]), 0)]);
+        b.refresh(&reg.snapshot(), &sink);
+        assert!(sink.0.take().is_empty());
+    }
+
+    #[test]
     fn redis_transitions_are_logged_once() {
         let b = Bootstrap::new(BootstrapSettings::default(), Gauges::default());
         let mut v = FleetView {

@@ -789,6 +789,20 @@ async fn prometheus_runs_every_dashboard_query_rule_and_autoscaling_query() {
     }
     prometheus_sees(&prom, &t).await;
     check_all(&prom, &t).await;
+    // Every answered borrow is one sample of the latency histogram (both cumulative).
+    eventually("one latency sample per borrow", CONVERGE, || async {
+        let borrows = prom
+            .query("sum(envoy_dynamicmodulescustom_wscap_global_borrows)")
+            .await?;
+        let samples = prom
+            .query("sum(envoy_dynamicmodulescustom_wscap_global_borrow_latency_us_count)")
+            .await?;
+        match (borrows.first(), samples.first()) {
+            (Some(b), Some(s)) if b.value > 0.0 && near(b.value, s.value) => Ok(()),
+            _ => Err(format!("borrows {borrows:?}, latency samples {samples:?}")),
+        }
+    })
+    .await;
     // The refusal alert has no `for`: it fires.
     eventually("WscapRefusals fires", CONVERGE, || async {
         let a = prom.api("/api/v1/alerts").await?;
@@ -824,4 +838,75 @@ async fn prometheus_runs_every_dashboard_query_rule_and_autoscaling_query() {
     world.local.clear();
     world.global.clear();
     drop(prom);
+}
+
+/// The counters exist at 0 from when a pod appears (created by the bootstrap extension: the same
+/// stats as the HTTP filter's, one series each), so the first admission and the first refusal
+/// are counted from 0 to 1 and `rate()` sees them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_exist_at_zero_and_the_filter_counts_into_the_same_series() {
+    use wscap_e2e::rig::{Rig, RigSpec, CLUSTER, PROM_ADMITTED, PROM_REJECTED};
+    let rig = Rig::start(&RigSpec::new(1, 2, 1)).await;
+    let hosts: Vec<String> = rig.backends.iter().map(Backend::host).collect();
+    let count_lines = |text: &str, name: &str, label: &str| {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+            .count()
+    };
+    eventually("counters at 0 before any traffic", CONVERGE, || async {
+        let s = rig.envoy.prometheus().await;
+        let mut wrong = Vec::new();
+        for h in &hosts {
+            let v =
+                wscap_e2e::metrics::value(&s, PROM_ADMITTED, &[("cluster", CLUSTER), ("host", h)]);
+            if v != Some(0.0) {
+                wrong.push(format!("admitted {h}: {v:?}"));
+            }
+        }
+        for r in ["no_capacity", "no_hosts"] {
+            let v = wscap_e2e::metrics::value(
+                &s,
+                PROM_REJECTED,
+                &[("cluster", CLUSTER), ("reason", r)],
+            );
+            if v != Some(0.0) {
+                wrong.push(format!("rejected {r}: {v:?}"));
+            }
+        }
+        wrong.is_empty().then_some(()).ok_or(wrong.join("; "))
+    })
+    .await;
+    let a = rig.connect().await.expect_open("first");
+    let b = rig.connect().await.expect_open("second");
+    let r = rig.connect().await.expect_refused("both pods full");
+    assert_wscap_refusal(&r, "no_capacity");
+    let text = rig.envoy.admin_get("/stats/prometheus").await.text();
+    let s = rig.envoy.prometheus().await;
+    for h in &hosts {
+        assert_eq!(
+            wscap_e2e::metrics::value(&s, PROM_ADMITTED, &[("cluster", CLUSTER), ("host", h)]),
+            Some(1.0),
+            "one admission per pod"
+        );
+        assert_eq!(
+            count_lines(&text, PROM_ADMITTED, &format!("host=\"{h}\"")),
+            1,
+            "one series per pod:\n{text}"
+        );
+    }
+    assert_eq!(
+        wscap_e2e::metrics::value(
+            &s,
+            PROM_REJECTED,
+            &[("cluster", CLUSTER), ("reason", "no_capacity")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        count_lines(&text, PROM_REJECTED, "reason=\"no_capacity\""),
+        1,
+        "{text}"
+    );
+    a.close().await;
+    b.close().await;
 }
