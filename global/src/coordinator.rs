@@ -51,7 +51,36 @@ pub enum BorrowOutcome {
     Unavailable,
 }
 
+impl BorrowOutcome {
+    /// The outcome as a metric label: `granted`, `full` or `unavailable`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BorrowOutcome::Granted => "granted",
+            BorrowOutcome::Full => "full",
+            BorrowOutcome::Unavailable => "unavailable",
+        }
+    }
+}
+
 type BorrowCallback = Box<dyn FnOnce(BorrowOutcome) + Send>;
+
+/// One answered borrow, as [`Coordinator::take_borrow_samples`] hands it out: which cluster,
+/// what it learned, and how long the paused stream waited for the answer (from the request to
+/// the callback, queueing behind a refresh round included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BorrowSample {
+    /// The cluster the stream wanted room on.
+    pub cluster: String,
+    /// What the borrow learned.
+    pub outcome: BorrowOutcome,
+    /// Wait in microseconds.
+    pub micros: u64,
+}
+
+/// At most this many borrow samples wait to be taken; more are counted in
+/// [`FleetView::borrow_samples_dropped`] and not kept (the timer that takes them runs every
+/// `stats_interval_ms`, so this is only reached when nothing takes them).
+pub const MAX_BORROW_SAMPLES: usize = 65_536;
 
 /// The registry a coordinator drives: `&'static Registry` (the Envoy module's static) or
 /// `Arc<Registry>` (the C API's, whose owner may free its handle first).
@@ -60,11 +89,19 @@ type RegistryHandle = Box<dyn Deref<Target = Registry> + Send + Sync>;
 struct Shared {
     config: GlobalConfig,
     registry: RegistryHandle,
-    requests: Mutex<Vec<(String, BorrowCallback)>>,
+    requests: Mutex<Vec<(String, Instant, BorrowCallback)>>,
     wake: Condvar,
     stop: AtomicBool,
     view: Mutex<FleetView>,
     borrows: AtomicU64,
+    /// Claims that failed (Redis unreachable, timed out, or out of protocol).
+    claim_errors: AtomicU64,
+    /// Answered borrows not yet taken by [`Coordinator::take_borrow_samples`].
+    samples: Mutex<Vec<BorrowSample>>,
+    samples_dropped: AtomicU64,
+    /// When a refresh round last reached Redis for every pod (`None`: never yet).
+    last_ok_round: Mutex<Option<Instant>>,
+    started: Instant,
 }
 
 /// The fleet as this instance last saw it.
@@ -82,6 +119,10 @@ pub struct FleetView {
     /// Borrow requests answered so far (the requests of one cluster waiting together share
     /// one round).
     pub borrows: u64,
+    /// Claims that failed so far (Redis unreachable, timed out, or an out-of-protocol reply).
+    pub claim_errors: u64,
+    /// Borrow samples not kept because nobody took them (see [`MAX_BORROW_SAMPLES`]).
+    pub borrow_samples_dropped: u64,
     /// Per pod, sorted by cluster then address.
     pub pods: Vec<FleetPod>,
 }
@@ -150,6 +191,11 @@ impl Coordinator {
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
             borrows: AtomicU64::new(0),
+            claim_errors: AtomicU64::new(0),
+            samples: Mutex::new(Vec::new()),
+            samples_dropped: AtomicU64::new(0),
+            last_ok_round: Mutex::new(None),
+            started: Instant::now(),
         });
         let thread = std::thread::Builder::new()
             .name("wscap-global".to_owned())
@@ -170,13 +216,28 @@ impl Coordinator {
         self.shared
             .requests
             .lock()
-            .push((cluster.to_owned(), Box::new(done)));
+            .push((cluster.to_owned(), Instant::now(), Box::new(done)));
         self.shared.wake.notify_one();
     }
 
     /// The fleet as last seen.
     pub fn fleet_view(&self) -> FleetView {
         self.shared.view.lock().clone()
+    }
+
+    /// The borrows answered since the last call, oldest first (at most
+    /// [`MAX_BORROW_SAMPLES`]).
+    pub fn take_borrow_samples(&self) -> Vec<BorrowSample> {
+        std::mem::take(&mut *self.shared.samples.lock())
+    }
+
+    /// How long ago a refresh round last renewed every lease of this instance in Redis (since
+    /// the coordinator started, if none did yet). While it stays under the lease ttl, the
+    /// shares this instance holds are surely still its own; past it, Redis may have expired
+    /// them.
+    pub fn lease_age(&self) -> std::time::Duration {
+        let since = (*self.shared.last_ok_round.lock()).unwrap_or(self.shared.started);
+        since.elapsed()
     }
 }
 
@@ -208,7 +269,7 @@ fn run(shared: &Shared, mut ledger: Ledger) {
             std::mem::take(&mut *requests)
         };
         if shared.stop.load(Ordering::Acquire) {
-            for (_, done) in requests {
+            for (_, _, done) in requests {
                 done(BorrowOutcome::Unavailable);
             }
             return;
@@ -219,11 +280,11 @@ fn run(shared: &Shared, mut ledger: Ledger) {
         }
         // One round per cluster for all the streams waiting on it: a burst of N paused
         // streams asks the ledger for N more slots at once, not one at a time.
-        let mut by_cluster: Vec<(String, Vec<BorrowCallback>)> = Vec::new();
-        for (cluster, done) in requests {
+        let mut by_cluster: Vec<(String, Vec<(Instant, BorrowCallback)>)> = Vec::new();
+        for (cluster, asked, done) in requests {
             match by_cluster.iter_mut().find(|(c, _)| *c == cluster) {
-                Some((_, waiting)) => waiting.push(done),
-                None => by_cluster.push((cluster, vec![done])),
+                Some((_, waiting)) => waiting.push((asked, done)),
+                None => by_cluster.push((cluster, vec![(asked, done)])),
             }
         }
         for (cluster, waiting) in by_cluster {
@@ -232,7 +293,23 @@ fn run(shared: &Shared, mut ledger: Ledger) {
                 .fetch_add(waiting.len() as u64, Ordering::Relaxed);
             let wanted = u32::try_from(waiting.len()).unwrap_or(u32::MAX);
             let outcome = round(shared, &mut ledger, &mut pods, Some((&cluster, wanted)));
-            for done in waiting {
+            let answered = Instant::now();
+            {
+                let mut samples = shared.samples.lock();
+                for (asked, _) in &waiting {
+                    if samples.len() < MAX_BORROW_SAMPLES {
+                        samples.push(BorrowSample {
+                            cluster: cluster.clone(),
+                            outcome,
+                            micros: u64::try_from(answered.duration_since(*asked).as_micros())
+                                .unwrap_or(u64::MAX),
+                        });
+                    } else {
+                        shared.samples_dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            for (_, done) in waiting {
                 done(outcome);
             }
         }
@@ -248,6 +325,8 @@ fn round(
     borrow: Option<(&str, u32)>,
 ) -> BorrowOutcome {
     let config = &shared.config;
+    // Every lease renewed by this round was renewed at or after this instant.
+    let round_started = Instant::now();
     let snapshot = shared.registry.snapshot();
     let mut seen: Vec<PodId> = Vec::new();
     let mut failed: Option<LedgerError> = None;
@@ -344,12 +423,16 @@ fn round(
                     continue;
                 }
                 Ok(claim) => {
+                    shared.claim_errors.fetch_add(1, Ordering::Relaxed);
                     failed = Some(LedgerError::BadReply(format!(
                         "granted {} when {} was asked and {} held",
                         claim.granted, want, pod.share
                     )))
                 }
-                Err(e) => failed = Some(e),
+                Err(e) => {
+                    shared.claim_errors.fetch_add(1, Ordering::Relaxed);
+                    failed = Some(e);
+                }
             }
         }
         // Redis unreachable (or out of protocol) this round: the fail mode decides the cap.
@@ -381,9 +464,15 @@ fn round(
         }
     }
 
+    if borrow.is_none() && failed.is_none() {
+        *shared.last_ok_round.lock() = Some(round_started);
+    }
+
     // Publish the fleet view.
     let mut view = shared.view.lock();
     view.redis_ok = failed.is_none();
+    view.claim_errors = shared.claim_errors.load(Ordering::Relaxed);
+    view.borrow_samples_dropped = shared.samples_dropped.load(Ordering::Relaxed);
     view.last_error = failed.map(|e| e.to_string());
     view.redis_commands = ledger.commands();
     view.borrows = shared.borrows.load(Ordering::Relaxed);

@@ -29,5 +29,7 @@ mod coordinator;
 mod ledger;
 
 pub use config::{ConfigError, FailMode, GlobalConfig};
-pub use coordinator::{BorrowOutcome, Coordinator, FleetPod, FleetView};
+pub use coordinator::{
+    BorrowOutcome, BorrowSample, Coordinator, FleetPod, FleetView, MAX_BORROW_SAMPLES,
+};
 pub use ledger::{Claim, InstancePart, Ledger, LedgerError};

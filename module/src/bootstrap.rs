@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, PoisonError};
 
 use wscap_core::{Registry, Snapshot};
-use wscap_global::FleetView;
+use wscap_global::{BorrowSample, FleetView};
 
 use crate::config::BootstrapSettings;
 use crate::filter::MetricId;
@@ -13,10 +13,69 @@ use crate::filter::MetricId;
 /// The admin path the extension registers.
 pub const ADMIN_PATH: &str = "/wscap";
 
-/// What the bootstrap extension does to Envoy's stats.
+/// What the bootstrap extension does to Envoy's stats (labels may be empty: an unlabelled
+/// metric).
 pub trait GaugeSink {
-    /// Sets a labelled gauge.
+    /// Sets a gauge.
     fn set_gauge(&self, id: MetricId, labels: &[&str], value: u64);
+    /// Adds to a counter.
+    fn add_counter(&self, id: MetricId, labels: &[&str], value: u64);
+    /// Records one value into a histogram.
+    fn record_histogram(&self, id: MetricId, labels: &[&str], value: u64);
+}
+
+/// Ids of the global-mode metrics (defined only in global mode; `None` when Envoy refused one).
+/// Names as Envoy's `/stats/prometheus` shows them carry the prefix
+/// `envoy_dynamicmodulescustom_`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GlobalMetrics {
+    /// `wscap_global_mode` (gauge, no labels): 1 on an instance in global mode.
+    pub mode: Option<MetricId>,
+    /// `wscap_global_share{cluster,host}` (gauge): the share of the pod's limit this instance
+    /// holds in Redis. Summed over instances it is at most the pod's limit.
+    pub share: Option<MetricId>,
+    /// `wscap_global_fleet_active_connections{cluster,host}` (gauge): live connections to the
+    /// pod summed over every live instance, as this instance last read them from Redis. The
+    /// same fleet-wide value on every instance: never sum it over instances.
+    pub fleet_active: Option<MetricId>,
+    /// `wscap_global_fail_mode_active` (gauge, no labels): 1 while the last round did not
+    /// reach Redis and the configured fail mode decides the caps.
+    pub fail_mode_active: Option<MetricId>,
+    /// `wscap_global_lease_age_ms` (gauge, no labels): time since a refresh round last renewed
+    /// every lease of this instance.
+    pub lease_age_ms: Option<MetricId>,
+    /// `wscap_global_lease_ttl_ms` (gauge, no labels): the configured lease ttl.
+    pub lease_ttl_ms: Option<MetricId>,
+    /// `wscap_global_claim_errors` (counter, no labels): claims that failed.
+    pub claim_errors: Option<MetricId>,
+    /// `wscap_global_borrows{cluster,outcome}` (counter): streams that waited for a borrow,
+    /// by outcome `granted` / `full` / `unavailable`.
+    pub borrows: Option<MetricId>,
+    /// `wscap_global_borrow_latency_us{cluster}` (histogram): how long each of those streams
+    /// waited for the answer, in microseconds.
+    pub borrow_latency_us: Option<MetricId>,
+}
+
+/// What global mode reports on one timer tick.
+#[derive(Debug, Clone, Default)]
+pub struct GlobalReport {
+    /// The coordinator's fleet view.
+    pub view: FleetView,
+    /// Borrows answered since the last tick.
+    pub samples: Vec<BorrowSample>,
+    /// Time since every lease was last renewed, in milliseconds.
+    pub lease_age_ms: u64,
+    /// The lease ttl, in milliseconds.
+    pub lease_ttl_ms: u64,
+}
+
+/// Last values written for the global-mode metrics.
+#[derive(Debug, Default)]
+struct GlobalReported {
+    /// Per `(cluster, host)`: `(share, fleet live)`.
+    pods: HashMap<(String, String), (u64, u64)>,
+    claim_errors: u64,
+    started: bool,
 }
 
 /// Ids of the two labelled gauges (`None` when Envoy refused to define one).
@@ -26,7 +85,18 @@ pub struct Gauges {
     pub active: Option<MetricId>,
     /// `wscap_connection_limit{cluster,host}`.
     pub limit: Option<MetricId>,
+    /// The HTTP filter's counter `wscap_admitted{cluster,host}`, defined here too so that each
+    /// host's series exists at 0 from when the host appears (the same stat as the filter's:
+    /// Envoy keeps one stat per name). Otherwise a series would be born at its first
+    /// admission, and `rate()` / `increase()` in Prometheus never see that first increment.
+    pub admitted: Option<MetricId>,
+    /// The HTTP filter's counter `wscap_rejected{cluster,reason}`, likewise created at 0 for
+    /// [`REFUSAL_REASONS`] when a cluster appears.
+    pub rejected: Option<MetricId>,
 }
+
+/// The refusal reasons whose `wscap_rejected` series exist at 0 for every cluster.
+pub const REFUSAL_REASONS: [&str; 2] = ["no_capacity", "no_hosts"];
 
 /// The extension's state (main thread only; the mutex only satisfies `Sync`).
 #[derive(Debug)]
@@ -35,10 +105,14 @@ pub struct Bootstrap {
     gauges: Gauges,
     /// Last value set per `(cluster, host)`: `(active, limit)`.
     reported: Mutex<HashMap<(String, String), (u64, u64)>>,
+    /// Hosts and clusters whose counters were created at 0.
+    counters_created: Mutex<std::collections::HashSet<(String, Option<String>)>>,
     /// Global mode: whether the coordinator's last round reached Redis, as last logged.
     redis_ok: Mutex<Option<bool>>,
     /// Clusters Envoy removed (CDS) that still hold connections: retired on each tick.
     retired: Mutex<HashSet<String>>,
+    global: GlobalMetrics,
+    global_reported: Mutex<GlobalReported>,
 }
 
 impl Bootstrap {
@@ -48,8 +122,92 @@ impl Bootstrap {
             settings,
             gauges,
             reported: Mutex::new(HashMap::new()),
+            counters_created: Mutex::new(std::collections::HashSet::new()),
             redis_ok: Mutex::new(None),
             retired: Mutex::new(HashSet::new()),
+            global: GlobalMetrics::default(),
+            global_reported: Mutex::new(GlobalReported::default()),
+        }
+    }
+
+    /// With the global-mode metrics `global` (global mode only).
+    pub fn with_global_metrics(mut self, global: GlobalMetrics) -> Self {
+        self.global = global;
+        self
+    }
+
+    /// Global mode: writes the global-mode metrics from one tick's report. Gauges are set when
+    /// they changed (a pod gone from the view is set to 0 once); counters get what grew since
+    /// the last tick; every borrow sample is recorded into the latency histogram.
+    pub fn refresh_global(&self, report: &GlobalReport, sink: &impl GaugeSink) {
+        let g = &self.global;
+        let mut last = self
+            .global_reported
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !last.started {
+            last.started = true;
+            if let Some(id) = g.mode {
+                sink.set_gauge(id, &[], 1);
+            }
+            if let Some(id) = g.lease_ttl_ms {
+                sink.set_gauge(id, &[], report.lease_ttl_ms);
+            }
+            // Defined at zero, so that rate() and alerts see the series before the first error.
+            if let Some(id) = g.claim_errors {
+                sink.add_counter(id, &[], 0);
+            }
+        }
+        if let Some(id) = g.fail_mode_active {
+            sink.set_gauge(id, &[], u64::from(!report.view.redis_ok));
+        }
+        if let Some(id) = g.lease_age_ms {
+            sink.set_gauge(id, &[], report.lease_age_ms);
+        }
+        let errors = report.view.claim_errors;
+        if errors > last.claim_errors {
+            if let Some(id) = g.claim_errors {
+                sink.add_counter(id, &[], errors - last.claim_errors);
+            }
+            last.claim_errors = errors;
+        }
+        let mut now: HashMap<(String, String), (u64, u64)> = HashMap::new();
+        for p in &report.view.pods {
+            now.insert(
+                (p.cluster.clone(), p.address.clone()),
+                (u64::from(p.my_share), u64::from(p.live)),
+            );
+        }
+        for (key, &(share, live)) in &now {
+            let before = last.pods.get(key).copied();
+            let labels = [key.0.as_str(), key.1.as_str()];
+            if before.map(|b| b.0) != Some(share) {
+                if let Some(id) = g.share {
+                    sink.set_gauge(id, &labels, share);
+                }
+            }
+            if before.map(|b| b.1) != Some(live) {
+                if let Some(id) = g.fleet_active {
+                    sink.set_gauge(id, &labels, live);
+                }
+            }
+        }
+        for key in last.pods.keys() {
+            if !now.contains_key(key) {
+                let labels = [key.0.as_str(), key.1.as_str()];
+                for id in [g.share, g.fleet_active].into_iter().flatten() {
+                    sink.set_gauge(id, &labels, 0);
+                }
+            }
+        }
+        last.pods = now;
+        for s in &report.samples {
+            if let Some(id) = g.borrows {
+                sink.add_counter(id, &[&s.cluster, s.outcome.as_str()], 1);
+            }
+            if let Some(id) = g.borrow_latency_us {
+                sink.record_histogram(id, &[&s.cluster], s.micros);
+            }
         }
     }
 
@@ -149,6 +307,26 @@ impl Bootstrap {
                     (c.name.clone(), h.address.clone()),
                     (u64::from(h.active), u64::from(h.limit)),
                 );
+            }
+        }
+        {
+            let mut created = self
+                .counters_created
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (cluster, host) in now.keys() {
+                if created.insert((cluster.clone(), None)) {
+                    if let Some(id) = self.gauges.rejected {
+                        for reason in REFUSAL_REASONS {
+                            sink.add_counter(id, &[cluster, reason], 0);
+                        }
+                    }
+                }
+                if created.insert((cluster.clone(), Some(host.clone()))) {
+                    if let Some(id) = self.gauges.admitted {
+                        sink.add_counter(id, &[cluster, host], 0);
+                    }
+                }
             }
         }
         for (key, &(active, limit)) in &now {
@@ -275,6 +453,92 @@ mod tests {
                 value,
             ));
         }
+        fn add_counter(&self, id: MetricId, labels: &[&str], value: u64) {
+            self.set_gauge(MetricId(id.0 + 100), labels, value);
+        }
+        fn record_histogram(&self, id: MetricId, labels: &[&str], value: u64) {
+            self.set_gauge(MetricId(id.0 + 200), labels, value);
+        }
+    }
+
+    #[test]
+    fn global_metrics_follow_the_view_counters_grow_by_deltas() {
+        use wscap_global::{BorrowOutcome, FleetPod};
+        let m = |i| Some(MetricId(i));
+        let b = Bootstrap::new(BootstrapSettings::default(), Gauges::default())
+            .with_global_metrics(GlobalMetrics {
+                mode: m(1),
+                share: m(2),
+                fleet_active: m(3),
+                fail_mode_active: m(4),
+                lease_age_ms: m(5),
+                lease_ttl_ms: m(6),
+                claim_errors: m(7),
+                borrows: m(8),
+                borrow_latency_us: m(9),
+            });
+        let pod = |share, live| FleetPod {
+            cluster: "pods".into(),
+            address: "10.0.0.1:80".into(),
+            limit: 5,
+            live,
+            shares: share,
+            my_share: share,
+            instances: Vec::new(),
+        };
+        let mut r = GlobalReport {
+            view: FleetView {
+                redis_ok: true,
+                claim_errors: 2,
+                pods: vec![pod(3, 4)],
+                ..FleetView::default()
+            },
+            samples: vec![BorrowSample {
+                cluster: "pods".into(),
+                outcome: BorrowOutcome::Granted,
+                micros: 420,
+            }],
+            lease_age_ms: 80,
+            lease_ttl_ms: 3000,
+        };
+        let sink = Sink::default();
+        b.refresh_global(&r, &sink);
+        let mut got = sink.0.take();
+        got.sort();
+        let v = |s: &[&str]| s.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+        let pl = v(&["pods", "10.0.0.1:80"]);
+        assert_eq!(
+            got,
+            vec![
+                (1, v(&[]), 1),
+                (2, pl.clone(), 3),
+                (3, pl.clone(), 4),
+                (4, v(&[]), 0),
+                (5, v(&[]), 80),
+                (6, v(&[]), 3000),
+                (107, v(&[]), 0),
+                (107, v(&[]), 2),
+                (108, v(&["pods", "granted"]), 1),
+                (209, v(&["pods"]), 420),
+            ]
+        );
+        r.samples.clear();
+        r.view.redis_ok = false;
+        r.view.claim_errors = 5;
+        r.view.pods.clear();
+        b.refresh_global(&r, &sink);
+        let mut got = sink.0.take();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                (2, pl.clone(), 0),
+                (3, pl, 0),
+                (4, v(&[]), 1),
+                (5, v(&[]), 80),
+                (107, v(&[]), 3),
+            ]
+        );
     }
 
     #[test]
@@ -290,6 +554,7 @@ mod tests {
             Gauges {
                 active: Some(MetricId(1)),
                 limit: Some(MetricId(2)),
+                ..Gauges::default()
             },
         );
         let sink = Sink::default();
@@ -325,6 +590,42 @@ mod tests {
                 (2, l("10.0.0.1:80"), 0),
             ]
         );
+    }
+
+    #[test]
+    fn counters_are_created_at_zero_once_per_host_and_cluster() {
+        let reg = Registry::new();
+        let c = reg.set_default_limit("pods", 3).unwrap();
+        c.set_hosts(&[HostSpec::parse("10.0.0.1:80").unwrap()]);
+        let b = Bootstrap::new(
+            BootstrapSettings::default(),
+            Gauges {
+                admitted: Some(MetricId(3)),
+                rejected: Some(MetricId(4)),
+                ..Gauges::default()
+            },
+        );
+        let sink = Sink::default();
+        b.refresh(&reg.snapshot(), &sink);
+        let mut got = sink.0.take();
+        got.sort();
+        let v = |s: &[&str]| s.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            got,
+            vec![
+                (103, v(&["pods", "10.0.0.1:80"]), 0),
+                (104, v(&["pods", "no_capacity"]), 0),
+                (104, v(&["pods", "no_hosts"]), 0),
+            ]
+        );
+        c.set_hosts(&[
+            HostSpec::parse("10.0.0.1:80").unwrap(),
+            HostSpec::parse("10.0.0.2:80").unwrap(),
+        ]);
+        b.refresh(&reg.snapshot(), &sink);
+        assert_eq!(sink.0.take(), vec![(103, v(&["pods", "10.0.0.2:80"]), 0)]);
+        b.refresh(&reg.snapshot(), &sink);
+        assert!(sink.0.take().is_empty());
     }
 
     #[test]

@@ -52,6 +52,11 @@ pub fn coordinator() -> Option<&'static Coordinator> {
     COORDINATOR.get().map(|(_, c)| c)
 }
 
+/// The running coordinator's lease ttl in milliseconds (0 in local mode).
+pub fn lease_ttl_ms() -> u64 {
+    COORDINATOR.get().map_or(0, |(c, _)| c.lease_ttl_ms)
+}
+
 /// What a borrow calls back with its outcome (once, on any thread).
 pub type BorrowDone = Box<dyn FnOnce(BorrowOutcome) + Send>;
 

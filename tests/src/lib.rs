@@ -30,6 +30,7 @@ pub mod example;
 pub mod http;
 pub mod k8s;
 pub mod metrics;
+pub mod prometheus;
 pub mod redis;
 pub mod rig;
 

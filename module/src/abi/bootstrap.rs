@@ -6,7 +6,7 @@ use std::ptr;
 
 use super::sys::*;
 use super::{guard, into_module_ptr, module_ref, refuse_config, take_module_ptr, text};
-use crate::bootstrap::{self, Bootstrap, GaugeSink, Gauges};
+use crate::bootstrap::{self, Bootstrap, GaugeSink, Gauges, GlobalMetrics, GlobalReport};
 use crate::filter::MetricId;
 use crate::{config, log, Level, REGISTRY};
 
@@ -29,6 +29,82 @@ impl GaugeSink for EnvoyBootstrapConfig {
         if rc != METRICS_SUCCESS {
             log(Level::Debug, &format!("wscap: set_gauge({}) = {rc}", id.0));
         }
+    }
+
+    fn add_counter(&self, id: MetricId, labels: &[&str], value: u64) {
+        let (bufs, n) = label_buffers(labels);
+        // SAFETY: live config handle (main thread); `n` label buffers valid for the call.
+        let rc = unsafe {
+            envoy_dynamic_module_callback_bootstrap_extension_config_increment_counter(
+                self.0,
+                id.0,
+                bufs.as_ptr(),
+                n,
+                value,
+            )
+        };
+        if rc != METRICS_SUCCESS {
+            log(
+                Level::Debug,
+                &format!("wscap: add_counter({}) = {rc}", id.0),
+            );
+        }
+    }
+
+    fn record_histogram(&self, id: MetricId, labels: &[&str], value: u64) {
+        let (bufs, n) = label_buffers(labels);
+        // SAFETY: live config handle (main thread); `n` label buffers valid for the call.
+        let rc = unsafe {
+            envoy_dynamic_module_callback_bootstrap_extension_config_record_histogram_value(
+                self.0,
+                id.0,
+                bufs.as_ptr(),
+                n,
+                value,
+            )
+        };
+        if rc != METRICS_SUCCESS {
+            log(
+                Level::Debug,
+                &format!("wscap: record_histogram({}) = {rc}", id.0),
+            );
+        }
+    }
+}
+
+/// Defines the global-mode metrics (inside `config_new`).
+fn define_global_metrics(config_envoy: *mut c_void) -> GlobalMetrics {
+    let gauge = envoy_dynamic_module_callback_bootstrap_extension_config_define_gauge as DefineFn;
+    let counter =
+        envoy_dynamic_module_callback_bootstrap_extension_config_define_counter as DefineFn;
+    let histogram =
+        envoy_dynamic_module_callback_bootstrap_extension_config_define_histogram as DefineFn;
+    let pod = &["cluster", "host"];
+    GlobalMetrics {
+        mode: define(gauge, config_envoy, "wscap_global_mode", &[]),
+        share: define(gauge, config_envoy, "wscap_global_share", pod),
+        fleet_active: define(
+            gauge,
+            config_envoy,
+            "wscap_global_fleet_active_connections",
+            pod,
+        ),
+        fail_mode_active: define(gauge, config_envoy, "wscap_global_fail_mode_active", &[]),
+        lease_age_ms: define(gauge, config_envoy, "wscap_global_lease_age_ms", &[]),
+        lease_ttl_ms: define(gauge, config_envoy, "wscap_global_lease_ttl_ms", &[]),
+        claim_errors: define(counter, config_envoy, "wscap_global_claim_errors", &[]),
+        borrows: define(
+            counter,
+            config_envoy,
+            "wscap_global_borrows",
+            &["cluster", "outcome"],
+        ),
+        borrow_latency_us: define(
+            histogram,
+            config_envoy,
+            "wscap_global_borrow_latency_us",
+            &["cluster"],
+        ),
     }
 }
 
@@ -71,6 +147,8 @@ pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_config_new(
             }
             let gauge =
                 envoy_dynamic_module_callback_bootstrap_extension_config_define_gauge as DefineFn;
+            let counter =
+                envoy_dynamic_module_callback_bootstrap_extension_config_define_counter as DefineFn;
             let gauges = Gauges {
                 active: define(
                     gauge,
@@ -83,6 +161,18 @@ pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_config_new(
                     config_envoy,
                     "wscap_connection_limit",
                     &["cluster", "host"],
+                ),
+                admitted: define(
+                    counter,
+                    config_envoy,
+                    "wscap_admitted",
+                    &["cluster", "host"],
+                ),
+                rejected: define(
+                    counter,
+                    config_envoy,
+                    "wscap_rejected",
+                    &["cluster", "reason"],
                 ),
             };
             // SAFETY: live config handle inside config_new; Envoy copies path and help.
@@ -103,7 +193,11 @@ pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_config_new(
                     "wscap: could not register the admin handler /wscap",
                 );
             }
-            let state = Bootstrap::new(settings, gauges);
+            let global = settings.global.is_some();
+            let mut state = Bootstrap::new(settings, gauges);
+            if global {
+                state = state.with_global_metrics(define_global_metrics(config_envoy));
+            }
             // SAFETY: live config handle; the timer fires on the main thread into timer_fired.
             let timer = unsafe {
                 envoy_dynamic_module_callback_bootstrap_extension_timer_new(config_envoy)
@@ -172,10 +266,17 @@ pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_timer_fired(
         || {
             cfg.state.sweep(&REGISTRY);
             crate::hot_restart::reap();
-            cfg.state
-                .refresh(&REGISTRY.snapshot(), &EnvoyBootstrapConfig(config_envoy));
+            let sink = EnvoyBootstrapConfig(config_envoy);
+            cfg.state.refresh(&REGISTRY.snapshot(), &sink);
             if let Some(c) = crate::global::coordinator() {
-                cfg.state.watch_redis(&c.fleet_view());
+                let report = GlobalReport {
+                    view: c.fleet_view(),
+                    samples: c.take_borrow_samples(),
+                    lease_age_ms: u64::try_from(c.lease_age().as_millis()).unwrap_or(u64::MAX),
+                    lease_ttl_ms: crate::global::lease_ttl_ms(),
+                };
+                cfg.state.watch_redis(&report.view);
+                cfg.state.refresh_global(&report, &sink);
             }
         },
         || (),

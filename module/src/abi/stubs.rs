@@ -95,6 +95,46 @@ extern "C" fn envoy_dynamic_module_callback_bootstrap_extension_config_set_gauge
     1
 }
 #[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_bootstrap_extension_config_define_counter(
+    _: *mut c_void,
+    _: ModuleBuffer,
+    _: *const ModuleBuffer,
+    _: usize,
+    _: *mut usize,
+) -> i32 {
+    1
+}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_bootstrap_extension_config_increment_counter(
+    _: *mut c_void,
+    _: usize,
+    _: *const ModuleBuffer,
+    _: usize,
+    _: u64,
+) -> i32 {
+    1
+}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_bootstrap_extension_config_define_histogram(
+    _: *mut c_void,
+    _: ModuleBuffer,
+    _: *const ModuleBuffer,
+    _: usize,
+    _: *mut usize,
+) -> i32 {
+    1
+}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_bootstrap_extension_config_record_histogram_value(
+    _: *mut c_void,
+    _: usize,
+    _: *const ModuleBuffer,
+    _: usize,
+    _: u64,
+) -> i32 {
+    1
+}
+#[no_mangle]
 extern "C" fn envoy_dynamic_module_callback_bootstrap_extension_register_admin_handler(
     _: *mut c_void,
     _: ModuleBuffer,

@@ -171,6 +171,34 @@ extern "C" {
         label_count: usize,
         value: u64,
     ) -> i32;
+    pub(crate) fn envoy_dynamic_module_callback_bootstrap_extension_config_define_counter(
+        config_envoy: *mut c_void,
+        name: ModuleBuffer,
+        label_names: *const ModuleBuffer,
+        label_count: usize,
+        id_out: *mut usize,
+    ) -> i32;
+    pub(crate) fn envoy_dynamic_module_callback_bootstrap_extension_config_increment_counter(
+        config_envoy: *mut c_void,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_count: usize,
+        value: u64,
+    ) -> i32;
+    pub(crate) fn envoy_dynamic_module_callback_bootstrap_extension_config_define_histogram(
+        config_envoy: *mut c_void,
+        name: ModuleBuffer,
+        label_names: *const ModuleBuffer,
+        label_count: usize,
+        id_out: *mut usize,
+    ) -> i32;
+    pub(crate) fn envoy_dynamic_module_callback_bootstrap_extension_config_record_histogram_value(
+        config_envoy: *mut c_void,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_count: usize,
+        value: u64,
+    ) -> i32;
     pub(crate) fn envoy_dynamic_module_callback_bootstrap_extension_register_admin_handler(
         config_envoy: *mut c_void,
         path_prefix: ModuleBuffer,
