@@ -446,6 +446,34 @@ pub fn markdown(run: &RunResult, plot_rel: Option<&str>) -> String {
             );
         }
     }
+    let _ = writeln!(
+        w,
+        "### Instructions in wscap's hooks (deterministic)\n\n\
+         Counted by valgrind's callgrind, not timed, so they do not move with the machine's load: `wscap-hookcost` \
+         `dlopen`s this `libwscap.so` and drives its Envoy entry points with a fake host (3 pods); only instructions inside \
+         the module's per-stream hooks count (the fake host's callbacks are toggled out), as the difference between two \
+         runs with different stream counts. `bench/tests/hook_instructions.rs` holds them to a budget.\n"
+    );
+    match &run.instructions {
+        Ok(v) => {
+            let _ = writeln!(w, "| per | instructions |\n|---|---:|");
+            for (k, what) in [
+                ("handshake", "WebSocket handshake (filter hooks + the LB's `choose_host`)"),
+                ("frame", "WebSocket frame (one `request_body` + one `response_body`)"),
+                ("plain", "plain HTTP request (filter hooks + `choose_host`)"),
+            ] {
+                let _ = writeln!(
+                    w,
+                    "| {what} | {} |",
+                    v[k].as_f64().map_or("–".into(), |x| format!("{x:.0}"))
+                );
+            }
+            let _ = writeln!(w);
+        }
+        Err(e) => {
+            let _ = writeln!(w, "Not counted in this run: {}\n", e.replace('\n', " "));
+        }
+    }
     let _ = writeln!(w, "### Targets\n");
     for line in targets(run) {
         let _ = writeln!(w, "- {line}");
@@ -735,6 +763,9 @@ fn verdict(run: &RunResult) -> Result<(), String> {
         || run.core.after_release != 0
     {
         bad.push(format!("core memory check: {:?}", run.core));
+    }
+    if let Err(e) = &run.instructions {
+        bad.push(format!("instruction counts: {e}"));
     }
     if bad.is_empty() {
         Ok(())
