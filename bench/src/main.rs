@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo build --release -p wscap-envoy
+//! cargo build --release -p wscap-bench        # both binaries (this one runs wscap-hookcost)
 //! cargo run --release -p wscap-bench -- [--smoke] [--out docs/BENCHMARKS.md]
 //! ```
 //!
@@ -17,10 +18,17 @@
 //! Only a release `libwscap.so` is loaded (`$WSCAP_MODULE_DIR`, else `target/release`); a debug
 //! build is refused with a message.
 //!
+//! Ratios are per round (setup ÷ (a) measured in the same round), reported as their median with
+//! the 95 % interval of that median (`stats.rs`); targets are met / not met / inconclusive by
+//! where the interval lies. The report also carries the instructions wscap's hooks execute per
+//! handshake, frame and request, from `wscap-hookcost` (callgrind; `src/bin/wscap-hookcost.rs`).
+//!
 //! `--smoke` runs every scenario with tiny counts in a few seconds, writes no docs, and exits
 //! non-zero if any scenario failed to run. `--out FILE` replaces the section between
-//! `<!-- envoy:begin -->` and `<!-- envoy:end -->` of FILE and writes the plots to
-//! `plots/` beside it.
+//! `<!-- envoy:begin -->` and `<!-- envoy:end -->` of FILE and writes the plots (handshake latency
+//! CDF; handshake rate and Envoy CPU per setup) to `plots/` beside it; `--plots DIR` keeps the
+//! plots of a run without `--out`; `--note TEXT` puts a bold note at the top of the section.
+//! `--plot-global FILE` plots the global-mode latency table of FILE (`plots/` beside it).
 
 mod alloc;
 mod authz;

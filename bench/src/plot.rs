@@ -150,6 +150,7 @@ pub fn cdf(path: &Path, title: &str, series: &[Series<'_, &[u32]>]) -> Result<Lo
         let mut chart = ChartBuilder::on(root)
             .caption(title, ("sans-serif", 22))
             .margin(14)
+            .margin_right(40)
             .x_label_area_size(50)
             .y_label_area_size(70)
             .build_cartesian_2d(
@@ -277,7 +278,13 @@ pub fn bars(path: &Path, title: &str, note: &str, panels: &[Panel<'_>]) -> Resul
                 })
                 .x_desc("setup")
                 .y_desc(p.y_desc)
-                .y_label_formatter(&|v| num(*v))
+                .y_label_formatter(&|v| {
+                    if top >= 10.0 {
+                        format!("{v:.0}")
+                    } else {
+                        format!("{v:.1}")
+                    }
+                })
                 .label_style(("sans-serif", 14))
                 .axis_desc_style(("sans-serif", 16))
                 .draw()

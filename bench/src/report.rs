@@ -180,7 +180,7 @@ pub fn markdown(run: &RunResult, plot_rel: Option<&str>) -> String {
     }
     let _ = writeln!(
         w,
-        "Reproduce: `cargo build --release -p wscap-envoy && cargo run --release -p wscap-bench -- --out docs/BENCHMARKS.md` \
+        "Reproduce: `cargo build --release -p wscap-envoy && cargo build --release -p wscap-bench && cargo run --release -p wscap-bench -- --out docs/BENCHMARKS.md` \
          (generates this section, `docs/plots/{PLOT}` and `docs/plots/{PLOT_RATE}`; this run took {:.0} s). \
          `cargo run --release -p wscap-bench -- --smoke` runs every scenario with tiny counts in seconds and writes nothing.\n",
         run.wall.as_secs_f64()
@@ -458,8 +458,14 @@ pub fn markdown(run: &RunResult, plot_rel: Option<&str>) -> String {
         Ok(v) => {
             let _ = writeln!(w, "| per | instructions |\n|---|---:|");
             for (k, what) in [
-                ("handshake", "WebSocket handshake (filter hooks + the LB's `choose_host`)"),
-                ("frame", "WebSocket frame (one `request_body` + one `response_body`)"),
+                (
+                    "handshake",
+                    "WebSocket handshake (filter hooks + the LB's `choose_host`)",
+                ),
+                (
+                    "frame",
+                    "WebSocket frame (one `request_body` + one `response_body`)",
+                ),
                 ("plain", "plain HTTP request (filter hooks + `choose_host`)"),
             ] {
                 let _ = writeln!(

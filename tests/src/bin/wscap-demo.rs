@@ -301,7 +301,7 @@ mod fleet {
     use wscap_e2e::backend::Backend;
     use wscap_e2e::client::{connect, Outcome, WsClient};
     use wscap_e2e::envoy::{Envoy, Opts};
-    use wscap_e2e::example::{self, EXAMPLE_LISTENER, EXAMPLE_LIMITS};
+    use wscap_e2e::example::{self, EXAMPLE_LIMITS, EXAMPLE_LISTENER};
     use wscap_e2e::redis::RedisServer;
 
     use super::Args;
@@ -367,7 +367,11 @@ mod fleet {
             });
         }
         for (b, limit) in pods.iter().zip(EXAMPLE_LIMITS) {
-            println!("  {} at {} (limit {limit} across the fleet)", b.name, b.host());
+            println!(
+                "  {} at {} (limit {limit} across the fleet)",
+                b.name,
+                b.host()
+            );
         }
         // Every instance registered for every pod, then the restart grace of a fresh Redis.
         let t = Instant::now();
@@ -406,7 +410,12 @@ mod fleet {
             let i = c % fleet.len();
             match connect(fleet[i].port, "/chat").await {
                 Outcome::Open(ws) => {
-                    println!("  client {:>2} via {}: 101 -> {}", c + 1, fleet[i].id, ws.backend);
+                    println!(
+                        "  client {:>2} via {}: 101 -> {}",
+                        c + 1,
+                        fleet[i].id,
+                        ws.backend
+                    );
                     held.push((i, ws));
                 }
                 Outcome::Refused(r) => {
@@ -419,7 +428,9 @@ mod fleet {
                         r.header("x-wscap-reason").unwrap_or("-")
                     );
                 }
-                Outcome::Failed(e) => println!("  client {:>2} via {}: failed: {e}", c + 1, fleet[i].id),
+                Outcome::Failed(e) => {
+                    println!("  client {:>2} via {}: failed: {e}", c + 1, fleet[i].id)
+                }
             }
         }
         println!("admitted {}, refused {refused}", held.len());
@@ -430,7 +441,11 @@ mod fleet {
         // expires on Redis's clock.
         let victim = 2;
         let lost = held.iter().filter(|(i, _)| *i == victim).count();
-        let victim_pid = fleet[victim].envoy.as_ref().and_then(Envoy::pid).unwrap_or(0);
+        let victim_pid = fleet[victim]
+            .envoy
+            .as_ref()
+            .and_then(Envoy::pid)
+            .unwrap_or(0);
         if let Some(e) = fleet[victim].envoy.as_mut() {
             e.kill();
         }
@@ -445,11 +460,7 @@ mod fleet {
         tokio::time::sleep(Duration::from_millis(300)).await;
         table(&fleet, &pods, "just after the kill").await;
         let r = connect(fleet[0].port, "/chat").await;
-        println!(
-            "a new client via {} now: {}",
-            fleet[0].id,
-            describe(&r)
-        );
+        println!("a new client via {} now: {}", fleet[0].id, describe(&r));
         if let Outcome::Open(ws) = r {
             held.push((0, ws));
         }
@@ -458,9 +469,10 @@ mod fleet {
             let v = view(&fleet[0]).await;
             let gone = v["pods"].as_array().is_some_and(|ps| {
                 ps.iter().all(|p| {
-                    p["instances"]
-                        .as_array()
-                        .is_some_and(|is| is.iter().all(|x| x["instance"] != fleet[victim].id.as_str()))
+                    p["instances"].as_array().is_some_and(|is| {
+                        is.iter()
+                            .all(|x| x["instance"] != fleet[victim].id.as_str())
+                    })
                 })
             });
             if gone {
@@ -550,9 +562,10 @@ mod fleet {
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             let v = view(first).await;
-            if pods.iter().all(|b| {
-                pod(&v, b).and_then(|p| p["live"].as_u64()) == Some(b.active() as u64)
-            }) {
+            if pods
+                .iter()
+                .all(|b| pod(&v, b).and_then(|p| p["live"].as_u64()) == Some(b.active() as u64))
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -594,7 +607,11 @@ mod fleet {
                     .and_then(|p| p["instances"].as_array())
                     .and_then(|is| is.iter().find(|x| x["instance"] == i.id.as_str()))
                     .map_or("gone".to_string(), |x| {
-                        format!("{}/{}", x["live"].as_u64().unwrap_or(0), x["share"].as_u64().unwrap_or(0))
+                        format!(
+                            "{}/{}",
+                            x["live"].as_u64().unwrap_or(0),
+                            x["share"].as_u64().unwrap_or(0)
+                        )
                     });
                 line += &format!(" {part:>16}");
             }
