@@ -18,7 +18,7 @@ pub struct Ratio {
     pub lo: f64,
     /// Upper end (NaN with too few rounds).
     pub hi: f64,
-    /// Actual coverage of the interval (≥ 0.95), or NaN.
+    /// Actual coverage of the interval (≥ 0.95, e.g. 0.961 with 9 rounds), or NaN.
     pub coverage: f64,
     /// Rounds paired.
     pub n: usize,
@@ -137,9 +137,8 @@ pub fn pct_text(r: &Ratio) -> String {
         )
     } else {
         format!(
-            "{:.1} %, {:.0} % interval {:.1}–{:.1} % over {} rounds",
+            "{:.1} %, 95 % interval {:.1}–{:.1} % over {} rounds",
             r.point * 100.0,
-            (r.coverage * 100.0).floor(),
             r.lo * 100.0,
             r.hi * 100.0,
             r.n

