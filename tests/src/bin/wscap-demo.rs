@@ -511,9 +511,33 @@ mod fleet {
                 break;
             }
         }
-        println!("{more} admitted after the lease expired; the fleet is full again with {} of {capacity}", held.len());
+        println!(
+            "{more} admitted after the lease expired; the fleet holds {} of {capacity}",
+            held.len()
+        );
         settle(&fleet, &pods).await;
         table(&fleet, &pods, "the survivors hold the whole fleet limit").await;
+        // What the demo shows must be true: no pod ever held more than its fleet-wide limit (the
+        // pods' own peaks), and the dead instance's capacity came back in full.
+        for (b, limit) in pods.iter().zip(EXAMPLE_LIMITS) {
+            if b.max_seen() > limit {
+                return Err(format!(
+                    "{} held {} connections at once, limit {limit}",
+                    b.name,
+                    b.max_seen()
+                ));
+            }
+        }
+        if held.len() != capacity {
+            return Err(format!(
+                "after the lease expired the survivors hold {} connections, not the fleet capacity {capacity}",
+                held.len()
+            ));
+        }
+        println!(
+            "checked: no pod ever held more than its limit (peaks {:?}), and the fleet is full again",
+            pods.iter().map(Backend::max_seen).collect::<Vec<_>>()
+        );
 
         println!("\nall clients close");
         for (_, ws) in held {
