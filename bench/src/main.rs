@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo build --release -p wscap-envoy
+//! cargo build --release -p wscap-bench        # both binaries (this one runs wscap-hookcost)
 //! cargo run --release -p wscap-bench -- [--smoke] [--out docs/BENCHMARKS.md]
 //! ```
 //!
@@ -14,18 +15,30 @@
 //! (f), wscap's global mode with Redis, is in every run (`--no-global` leaves it out); it waits
 //! until Redis has granted this instance a share of every pod (the restart grace of a fresh Redis).
 //!
+//! Only a release `libwscap.so` is loaded (`$WSCAP_MODULE_DIR`, else `target/release`); a debug
+//! build is refused with a message.
+//!
+//! Ratios are per round (setup ÷ (a) measured in the same round), reported as their median with
+//! the 95 % interval of that median (`stats.rs`); targets are met / not met / inconclusive by
+//! where the interval lies. The report also carries the instructions wscap's hooks execute per
+//! handshake, frame and request, from `wscap-hookcost` (callgrind; `src/bin/wscap-hookcost.rs`).
+//!
 //! `--smoke` runs every scenario with tiny counts in a few seconds, writes no docs, and exits
 //! non-zero if any scenario failed to run. `--out FILE` replaces the section between
-//! `<!-- envoy:begin -->` and `<!-- envoy:end -->` of FILE and writes the plots to
-//! `plots/` beside it.
+//! `<!-- envoy:begin -->` and `<!-- envoy:end -->` of FILE and writes the plots (handshake latency
+//! CDF; handshake rate and Envoy CPU per setup) to `plots/` beside it; `--plots DIR` keeps the
+//! plots of a run without `--out`; `--note TEXT` puts a bold note at the top of the section.
+//! `--plot-global FILE` plots the global-mode latency table of FILE (`plots/` beside it).
 
 mod alloc;
 mod authz;
+mod global_plot;
 mod load;
 mod plot;
 mod report;
 mod run;
 mod scenario;
+mod stats;
 mod sys;
 
 use std::path::PathBuf;
@@ -41,6 +54,10 @@ pub struct Cfg {
     pub smoke: bool,
     /// `--out`.
     pub out: Option<PathBuf>,
+    /// `--plots DIR`: keep the plots of a run without `--out` (e.g. `--smoke`) in DIR.
+    pub keep_plots: Option<PathBuf>,
+    /// `--note TEXT`: a bold note at the top of the generated section (e.g. "measured under load").
+    pub note: Option<String>,
     /// Leave out (f) (`--no-global`); it is in by default.
     pub no_global: bool,
     /// Interleaved rounds of each timed phase.
@@ -80,6 +97,8 @@ impl Cfg {
         Cfg {
             smoke: false,
             out: None,
+            keep_plots: None,
+            note: None,
             no_global: false,
             rounds: 9,
             hs_conns: 16,
@@ -102,7 +121,7 @@ impl Cfg {
     fn smoke() -> Cfg {
         Cfg {
             smoke: true,
-            rounds: 2,
+            rounds: 6,
             hs_conns: 4,
             hs_dur: Duration::from_millis(100),
             msg_conns: 2,
@@ -121,7 +140,7 @@ impl Cfg {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: wscap-bench [--smoke] [--out docs/BENCHMARKS.md] [--global | --no-global]");
+    eprintln!("usage: wscap-bench [--smoke] [--out docs/BENCHMARKS.md] [--plots DIR] [--note TEXT] [--global | --no-global]\n       wscap-bench --plot-global docs/BENCHMARKS.md");
     std::process::exit(2)
 }
 
@@ -132,11 +151,28 @@ fn main() {
     // (f) is opt-in for now: in the module at the time of writing, global mode refused every
     // handshake of this bench's setup (503 no_capacity from the first one on).
     let mut no_global = false;
+    let mut keep_plots = None;
+    let mut note = None;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--smoke" => smoke = true,
             "--out" => out = Some(PathBuf::from(args.next().unwrap_or_else(|| usage()))),
             "--no-global" => no_global = true,
+            "--plots" => keep_plots = Some(PathBuf::from(args.next().unwrap_or_else(|| usage()))),
+            "--plot-global" => {
+                let md = PathBuf::from(args.next().unwrap_or_else(|| usage()));
+                match global_plot::run(&md) {
+                    Ok(p) => {
+                        eprintln!("wrote {}", p.display());
+                        std::process::exit(0)
+                    }
+                    Err(e) => {
+                        eprintln!("wscap-bench --plot-global: {e}");
+                        std::process::exit(1)
+                    }
+                }
+            }
+            "--note" => note = Some(args.next().unwrap_or_else(|| usage())),
             "--global" => no_global = false,
             "-h" | "--help" => usage(),
             _ => usage(),
@@ -145,6 +181,18 @@ fn main() {
     let mut cfg = if smoke { Cfg::smoke() } else { Cfg::full() };
     cfg.out = if smoke { None } else { out };
     cfg.no_global = no_global;
+    cfg.keep_plots = keep_plots;
+    cfg.note = note;
+
+    // Only a release module is worth measuring: a debug build (what `scripts/test` builds) is
+    // several times slower, and a table of it would mislead. Refuse one, say what to do.
+    match wscap_e2e::release_module_dir() {
+        Ok(dir) => std::env::set_var("WSCAP_MODULE_DIR", dir),
+        Err(e) => {
+            eprintln!("wscap-bench: {e}");
+            std::process::exit(2);
+        }
+    }
 
     let two = sys::nproc() >= 2;
     if two {

@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 
 use crate::load::Phase;
 use crate::plot;
-use crate::run::{KindResult, RunResult};
+use crate::run::{KindResult, Measured, RunResult};
 use crate::scenario::Kind;
+use crate::stats::{self, Verdict};
 use crate::sys;
 
 /// Begin marker of the generated section in docs/BENCHMARKS.md.
@@ -15,6 +16,8 @@ pub const BEGIN: &str = "<!-- envoy:begin -->";
 pub const END: &str = "<!-- envoy:end -->";
 /// File name of the latency plot, under `plots/` beside the markdown.
 pub const PLOT: &str = "envoy_handshake_latency_cdf.png";
+/// File name of the handshake rate and Envoy CPU plot.
+pub const PLOT_RATE: &str = "envoy_handshake_rate_cpu.png";
 
 fn pct(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -172,10 +175,13 @@ pub fn markdown(run: &RunResult, plot_rel: Option<&str>) -> String {
     let mut md = String::new();
     let w = &mut md;
     let _ = writeln!(w, "## wscap in Envoy 1.40 against the alternatives\n");
+    if let Some(note) = &cfg.note {
+        let _ = writeln!(w, "**{note}**\n");
+    }
     let _ = writeln!(
         w,
-        "Reproduce: `cargo build --release -p wscap-envoy && cargo run --release -p wscap-bench -- --out docs/BENCHMARKS.md` \
-         (generates this section and `docs/plots/{PLOT}`; this run took {:.0} s). \
+        "Reproduce: `cargo build --release -p wscap-envoy && cargo build --release -p wscap-bench && cargo run --release -p wscap-bench -- --out docs/BENCHMARKS.md` \
+         (generates this section, `docs/plots/{PLOT}` and `docs/plots/{PLOT_RATE}`; this run took {:.0} s). \
          `cargo run --release -p wscap-bench -- --smoke` runs every scenario with tiny counts in seconds and writes nothing.\n",
         run.wall.as_secs_f64()
     );
@@ -232,7 +238,10 @@ pub fn markdown(run: &RunResult, plot_rel: Option<&str>) -> String {
          **median over the rounds**, so a round that other work on the machine slowed down does not move it. Envoy CPU is \
          the CPU time of the Envoy process (/proc/PID/task/*/schedstat) per handshake or per echoed 64 B frame, median \
          over the rounds: the cost inside Envoy, whichever side of the loopback is the bottleneck. p50/p99 are over all \
-         handshakes of all rounds. Ratio = setup ÷ (a).\n",
+         handshakes of all rounds. Ratio = setup ÷ (a) **in the same round**, median over the rounds, and in brackets \
+         the 95 % interval of that median (order statistics of the per-round ratios, the sign test: no assumption about the \
+         noise; `[n=2]` instead when the rounds are too few for one). A target is met or not met only when the whole \
+         interval is on one side of it; otherwise it is **inconclusive**.\n",
         hc = cfg.hs_conns,
         mc = cfg.msg_conns,
         mw = cfg.msg_window,
@@ -262,7 +271,12 @@ pub fn markdown(run: &RunResult, plot_rel: Option<&str>) -> String {
             continue;
         }
         let lat = sorted(&r.hs.phase);
-        let b = |f: &dyn Fn(&KindResult) -> f64| base.map_or(0.0, f);
+        let rr = |m: &dyn Fn(&KindResult) -> &Measured| {
+            stats::cell(base.and_then(|a| stats::paired(&m(r).phase.rounds, &m(a).phase.rounds)))
+        };
+        let cr = |m: &dyn Fn(&KindResult) -> &Measured| {
+            stats::cell(base.and_then(|a| stats::paired(&m(r).cpu_rounds, &m(a).cpu_rounds)))
+        };
         let cpu64 = format!("{:.2}", r.m64.cpu_us_per_op());
         let errors =
             r.hs.phase.errors + r.m64.phase.errors + r.m4k.phase.errors + r.plain.phase.errors;
@@ -271,19 +285,19 @@ pub fn markdown(run: &RunResult, plot_rel: Option<&str>) -> String {
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             k.label(),
             num(r.hs.phase.rate()),
-            ratio(r.hs.phase.rate(), b(&|x| x.hs.phase.rate())),
+            rr(&|x| &x.hs),
             num(pct(&lat, 0.5)),
             num(pct(&lat, 0.99)),
             num(r.hs.cpu_us_per_op()),
-            ratio(r.hs.cpu_us_per_op(), b(&|x| x.hs.cpu_us_per_op())),
+            cr(&|x| &x.hs),
             num(r.m64.phase.rate()),
-            ratio(r.m64.phase.rate(), b(&|x| x.m64.phase.rate())),
+            rr(&|x| &x.m64),
             cpu64,
-            ratio(r.m64.cpu_us_per_op(), b(&|x| x.m64.cpu_us_per_op())),
+            cr(&|x| &x.m64),
             num(r.m4k.phase.rate()),
-            ratio(r.m4k.phase.rate(), b(&|x| x.m4k.phase.rate())),
+            rr(&|x| &x.m4k),
             num(r.plain.phase.rate()),
-            ratio(r.plain.phase.rate(), b(&|x| x.plain.phase.rate())),
+            rr(&|x| &x.plain),
             errors
         );
     }
@@ -432,6 +446,40 @@ pub fn markdown(run: &RunResult, plot_rel: Option<&str>) -> String {
             );
         }
     }
+    let _ = writeln!(
+        w,
+        "### Instructions in wscap's hooks (deterministic)\n\n\
+         Counted by valgrind's callgrind, not timed, so they do not move with the machine's load: `wscap-hookcost` \
+         `dlopen`s this `libwscap.so` and drives its Envoy entry points with a fake host (3 pods); only instructions inside \
+         the module's per-stream hooks count (the fake host's callbacks are toggled out), as the difference between two \
+         runs with different stream counts. `bench/tests/hook_instructions.rs` holds them to a budget.\n"
+    );
+    match &run.instructions {
+        Ok(v) => {
+            let _ = writeln!(w, "| per | instructions |\n|---|---:|");
+            for (k, what) in [
+                (
+                    "handshake",
+                    "WebSocket handshake (filter hooks + the LB's `choose_host`)",
+                ),
+                (
+                    "frame",
+                    "WebSocket frame (one `request_body` + one `response_body`)",
+                ),
+                ("plain", "plain HTTP request (filter hooks + `choose_host`)"),
+            ] {
+                let _ = writeln!(
+                    w,
+                    "| {what} | {} |",
+                    v[k].as_f64().map_or("–".into(), |x| format!("{x:.0}"))
+                );
+            }
+            let _ = writeln!(w);
+        }
+        Err(e) => {
+            let _ = writeln!(w, "Not counted in this run: {}\n", e.replace('\n', " "));
+        }
+    }
     let _ = writeln!(w, "### Targets\n");
     for line in targets(run) {
         let _ = writeln!(w, "- {line}");
@@ -440,22 +488,14 @@ pub fn markdown(run: &RunResult, plot_rel: Option<&str>) -> String {
     if let Some(p) = plot_rel {
         let _ = writeln!(
             w,
-            "\n### Handshake latency distributions\n\n![handshake latency CDF]({p})\n"
-        );
-        let _ = writeln!(
-            w,
-            "Cumulative distribution of the handshake latencies of the table above (x: latency on a log scale, dark \
-             vertical lines at each power of ten µs, light ones at 2× and 5×; y: fraction of handshakes, 0 to 1, light \
-             lines every 0.1, darker at 0.5 and 0.99). {}. Colours: {}.",
+            "\n### Plots\n\n![handshake rate and Envoy CPU per handshake, per setup]({p}/{PLOT_RATE})\n\n\
+             The handshake columns of the throughput table: the bars are the medians over the rounds, the whiskers the \
+             95 % interval of each median (order statistics of the rounds; none with fewer than 6 rounds).\n\n\
+             ![handshake latency CDF per setup]({p}/{PLOT})\n\n\
+             Cumulative distribution of the handshake latencies of the throughput table, every handshake of every round{}.",
             run.plot_range
-                .map(|(lo, hi)| format!("The x axis spans 10^{lo} to 10^{hi} µs"))
+                .map(|(lo, hi)| format!(" (x from 10^{lo} to 10^{hi} µs, log scale)"))
                 .unwrap_or_default(),
-            run.kinds
-                .iter()
-                .filter(|(_, r)| r.failed.is_none())
-                .map(|(k, _)| format!("{} {}", k.label(), k.colour_name()))
-                .collect::<Vec<_>>()
-                .join(", ")
         );
     }
     md
@@ -463,9 +503,9 @@ pub fn markdown(run: &RunResult, plot_rel: Option<&str>) -> String {
 
 fn met(b: bool) -> &'static str {
     if b {
-        "**met**"
+        Verdict::Met.md()
     } else {
-        "**not met**"
+        Verdict::NotMet.md()
     }
 }
 
@@ -476,38 +516,53 @@ pub fn targets(run: &RunResult) -> Vec<String> {
         out.push("not evaluated: (a) or (b) failed to run".into());
         return out;
     };
-    let r = |x: f64, y: f64| if y > 0.0 { x / y } else { 0.0 };
-    let hs = r(b.hs.phase.rate(), a.hs.phase.rate());
-    out.push(format!(
-        "Handshake rate of (b) ≥ 95 % of (a): {} ({:.1} %).",
-        met(hs >= 0.95),
-        hs * 100.0
+    let rate = |x: &Measured, y: &Measured| stats::paired(&x.phase.rounds, &y.phase.rounds);
+    let line = |what: &str, target: f64, r: Option<stats::Ratio>| match r {
+        Some(r) => format!(
+            "{what}: {} ({}).",
+            stats::at_least(&r, target).md(),
+            stats::pct_text(&r)
+        ),
+        None => format!("{what}: not evaluated (no paired rounds)."),
+    };
+    out.push(line(
+        "Handshake rate of (b) ≥ 95 % of (a)",
+        0.95,
+        rate(&b.hs, &a.hs),
     ));
-    let m64 = r(b.m64.phase.rate(), a.m64.phase.rate());
-    let m4k = r(b.m4k.phase.rate(), a.m4k.phase.rate());
-    out.push(format!(
-        "Frame throughput of (b) ≥ 97 % of (a): {} (64 B {:.1} %, 4 KiB {:.1} %).",
-        met(m64 >= 0.97 && m4k >= 0.97),
-        m64 * 100.0,
-        m4k * 100.0
+    let m64 = rate(&b.m64, &a.m64);
+    let m4k = rate(&b.m4k, &a.m4k);
+    out.push(line(
+        "Frame throughput of (b) ≥ 97 % of (a), 64 B",
+        0.97,
+        m64,
     ));
-    let pl = r(b.plain.phase.rate(), a.plain.phase.rate());
-    out.push(format!(
-        "Plain HTTP rate of (b) ≥ 98 % of (a): {} ({:.1} %).",
-        met(pl >= 0.98),
-        pl * 100.0
+    out.push(line(
+        "Frame throughput of (b) ≥ 97 % of (a), 4 KiB",
+        0.97,
+        m4k,
+    ));
+    out.push(line(
+        "Plain HTTP rate of (b) ≥ 98 % of (a)",
+        0.98,
+        rate(&b.plain, &a.plain),
     ));
     match get(run, Kind::ExtAuthz) {
-        Some(d) => {
-            let x = r(b.hs.phase.rate(), d.hs.phase.rate());
-            out.push(format!(
-                "Handshake rate of (b) ≥ 5 × that of (d): {} ({:.2} ×: {:.0}/s vs {:.0}/s).",
-                met(x >= 5.0),
-                x,
+        Some(d) => match rate(&b.hs, &d.hs) {
+            Some(x) => out.push(format!(
+                "Handshake rate of (b) ≥ 5 × that of (d): {} ({:.2} ×{}: {:.0}/s vs {:.0}/s).",
+                stats::at_least(&x, 5.0).md(),
+                x.point,
+                if x.lo.is_nan() {
+                    format!(", {} rounds: too few for an interval", x.n)
+                } else {
+                    format!(", 95 % interval {:.2}–{:.2} ×", x.lo, x.hi)
+                },
                 b.hs.phase.rate(),
                 d.hs.phase.rate()
-            ));
-        }
+            )),
+            None => out.push("Handshake rate of (b) ≥ 5 × (d): not evaluated.".into()),
+        },
         None => {
             out.push("Handshake rate of (b) ≥ 5 × (d): not evaluated, (d) failed to run.".into())
         }
@@ -560,26 +615,101 @@ pub fn finish(mut run: RunResult) -> Result<(), String> {
         None => std::env::temp_dir().join(format!("wscap-bench-{}", std::process::id())),
     };
     std::fs::create_dir_all(&plot_dir).map_err(|e| format!("{}: {e}", plot_dir.display()))?;
-    let series: Vec<(&[u32], [u8; 3])> = run
+    let ok: Vec<&(Kind, KindResult)> = run
         .kinds
         .iter()
         .filter(|(_, r)| r.failed.is_none())
-        .map(|(k, r)| (r.hs.phase.lat_us.as_slice(), k.colour()))
+        .collect();
+    let series: Vec<plot::Series<'_, &[u32]>> = ok
+        .iter()
+        .map(|(k, r)| plot::Series {
+            name: k.label(),
+            colour: k.colour(),
+            data: r.hs.phase.lat_us.as_slice(),
+        })
         .collect();
     let path = plot_dir.join(PLOT);
-    let range = plot::cdf(&path, &series).map_err(|e| format!("{}: {e}", path.display()))?;
+    let range = plot::cdf(
+        &path,
+        &format!(
+            "WebSocket handshake latency through Envoy 1.40, per setup ({} rounds)",
+            run.cfg.rounds
+        ),
+        &series,
+    )?;
+    let bar = |vals: &[f64], point: f64| {
+        let (lo, hi) = stats::median_interval(vals);
+        plot::Bar {
+            value: point,
+            lo,
+            hi,
+        }
+    };
+    let short = |k: Kind| &k.label()[..3];
+    let rate_path = plot_dir.join(PLOT_RATE);
+    plot::bars(
+        &rate_path,
+        "WebSocket handshakes through Envoy 1.40 (--concurrency 1), per setup",
+        &format!(
+            "bars: median over {} interleaved rounds; whiskers: 95 % interval of the median. (a) Envoy alone, (b) wscap local, \
+             (c) Lua, (d) ext_authz, (e) circuit breakers, (f) wscap global",
+            run.cfg.rounds
+        ),
+        &[
+            plot::Panel {
+                title: "handshake rate (higher is better)",
+                y_desc: "handshakes per second",
+                bars: ok
+                    .iter()
+                    .map(|(k, r)| plot::Series {
+                        name: short(*k),
+                        colour: k.colour(),
+                        data: bar(&r.hs.phase.rounds, r.hs.phase.rate()),
+                    })
+                    .collect(),
+            },
+            plot::Panel {
+                title: "Envoy CPU per handshake (lower is better)",
+                y_desc: "Envoy CPU time per handshake, µs",
+                bars: ok
+                    .iter()
+                    .map(|(k, r)| plot::Series {
+                        name: short(*k),
+                        colour: k.colour(),
+                        data: bar(&r.hs.cpu_rounds, r.hs.cpu_us_per_op()),
+                    })
+                    .collect(),
+            },
+        ],
+    )?;
     run.plot_range = Some((range.lo, range.hi));
-    let rel = run.cfg.out.as_ref().map(|_| format!("plots/{PLOT}"));
+    let rel = run.cfg.out.as_ref().map(|_| "plots".to_string());
     let md = markdown(&run, rel.as_deref());
     println!("{md}");
     match &run.cfg.out {
         Some(out) => {
             write_section(out, &md)?;
-            eprintln!("wrote {} and {}", out.display(), path.display());
+            eprintln!(
+                "wrote {}, {} and {}",
+                out.display(),
+                path.display(),
+                rate_path.display()
+            );
         }
-        None => {
-            let _ = std::fs::remove_dir_all(&plot_dir);
-        }
+        None => match &run.cfg.keep_plots {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                for f in [PLOT, PLOT_RATE] {
+                    std::fs::copy(plot_dir.join(f), dir.join(f))
+                        .map_err(|e| format!("{}: {e}", dir.display()))?;
+                }
+                let _ = std::fs::remove_dir_all(&plot_dir);
+                eprintln!("plots in {}", dir.display());
+            }
+            None => {
+                let _ = std::fs::remove_dir_all(&plot_dir);
+            }
+        },
     }
     verdict(&run)
 }
@@ -639,6 +769,9 @@ fn verdict(run: &RunResult) -> Result<(), String> {
         || run.core.after_release != 0
     {
         bad.push(format!("core memory check: {:?}", run.core));
+    }
+    if let Err(e) = &run.instructions {
+        bad.push(format!("instruction counts: {e}"));
     }
     if bad.is_empty() {
         Ok(())

