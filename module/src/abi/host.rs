@@ -50,12 +50,35 @@ pub(crate) enum TimerDelete {
     MainThreadChecked,
 }
 
+/// When the filter's `destroy` (where wscap releases a slot) runs relative to Envoy closing the
+/// upstream socket, after a client resets an upgraded WebSocket (seen in Envoy's debug log by
+/// `tests/tests/release_order.rs` of wscap-e2e on each Envoy of the matrix).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ReleaseOrder {
+    /// 1.40: the upstream socket is closed first; the pod never sees the freed slot's next
+    /// connection while the old socket is open.
+    AfterUpstreamClose,
+    /// 1.38 and 1.39: `destroy` runs first, in the same event-loop turn as the close, so a
+    /// connection admitted on another worker in that moment can reach the pod while the old
+    /// socket is still closing (the pod may briefly hold limit + 1 sockets, one of them closing).
+    BeforeUpstreamClose,
+}
+
 impl HostAbi {
     /// The ABI string this Envoy itself reports (Envoy only warns when the module's differs).
     pub(crate) fn abi_string(self) -> &'static str {
         match self {
             HostAbi::Envoy1_38 | HostAbi::Envoy1_39 => "v0.1.0",
             HostAbi::Envoy1_40 => "v0.2.0",
+        }
+    }
+
+    /// Where a slot's release falls relative to the upstream close (no hook lets the module
+    /// wait for that close, so this is reported, not changed).
+    pub(crate) fn release_order(self) -> ReleaseOrder {
+        match self {
+            HostAbi::Envoy1_38 | HostAbi::Envoy1_39 => ReleaseOrder::BeforeUpstreamClose,
+            HostAbi::Envoy1_40 => ReleaseOrder::AfterUpstreamClose,
         }
     }
 
@@ -186,6 +209,14 @@ mod tests {
             TimerDelete::MainThreadChecked
         );
         assert_eq!(HostAbi::Envoy1_40.abi_string(), crate::ABI_VERSION);
+        assert_eq!(
+            HostAbi::Envoy1_39.release_order(),
+            ReleaseOrder::BeforeUpstreamClose
+        );
+        assert_eq!(
+            HostAbi::Envoy1_40.release_order(),
+            ReleaseOrder::AfterUpstreamClose
+        );
     }
 
     #[test]

@@ -138,10 +138,14 @@ fn program_init(lookup: impl Fn(&CStr) -> *mut c_void) -> *const c_char {
             log(
                 Level::Info,
                 &format!(
-                    "wscap: host Envoy {host} (its ABI {}, wscap's {}); all {} callbacks found",
+                    "wscap: host Envoy {host} (its ABI {}, wscap's {}); all {} callbacks found; release order: {}",
                     host.abi_string(),
                     crate::ABI_VERSION,
-                    sys::CALLBACK_NAMES.len()
+                    sys::CALLBACK_NAMES.len(),
+                    match host.release_order() {
+                        host::ReleaseOrder::AfterUpstreamClose => "after the upstream close",
+                        host::ReleaseOrder::BeforeUpstreamClose => "before the upstream close",
+                    }
                 ),
             );
             true
