@@ -1,5 +1,6 @@
-//! Smoke proof against the real Envoy binary (1.40; `scripts/test-matrix`: 1.39 and 1.38) (`--concurrency 2`): every ABI binding the
-//! module uses is exercised here. Build the module first: `cargo build -p wscap-envoy`.
+//! Smoke proof against the real Envoy binary (1.40; `scripts/test-matrix`: 1.39 and 1.38)
+//! (`--concurrency 2`): every ABI binding the module uses is exercised here. Build the module
+//! first: `cargo build -p wscap-envoy`.
 
 mod common;
 
