@@ -3,7 +3,8 @@
 //! One guard for a real `redis-server` ([`RedisServer`]), shared by the global-mode tests of
 //! `wscap-global`, `wscap-ffi` and `wscap-e2e` (and the benchmarks through `wscap-e2e`), plus
 //! the two small helpers it needs ([`free_port`], [`scratch_dir`]); and [`envoy_log`], which
-//! reads the order of events from Envoy's debug log; [`pki`], a throwaway CA with server and
+//! reads the order of events from Envoy's debug log; [`envoy_version`], which Envoy a test runs
+//! (checked against `WSCAP_EXPECT_ENVOY_VERSION`); [`pki`], a throwaway CA with server and
 //! client certificates for TLS tests.
 //!
 //! The server listens on 127.0.0.1 only, persists nothing, and is only ever signalled by the
@@ -11,6 +12,7 @@
 //! other Redis servers on the machine, are left alone.
 
 pub mod envoy_log;
+pub mod envoy_version;
 pub mod pki;
 
 use std::path::PathBuf;

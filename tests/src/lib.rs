@@ -97,8 +97,20 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Path of the Envoy binary to run.
+/// Path of the Envoy binary to run. Its version is printed once and checked against
+/// `WSCAP_EXPECT_ENVOY_VERSION` when set (`scripts/test-matrix`).
 pub fn envoy_bin() -> PathBuf {
+    let bin = locate_envoy();
+    wscap_testkit::envoy_version::of(&bin);
+    bin
+}
+
+/// The version (`x.y.z`) of [`envoy_bin`].
+pub fn envoy_version() -> String {
+    wscap_testkit::envoy_version::of(&envoy_bin())
+}
+
+fn locate_envoy() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         if let Some(p) = std::env::var_os("ENVOY_BIN") {

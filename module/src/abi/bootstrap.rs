@@ -5,7 +5,9 @@ use std::ffi::c_void;
 use std::ptr;
 
 use super::sys::*;
-use super::{guard, into_module_ptr, module_ref, refuse_config, take_module_ptr, text};
+use super::{
+    guard, host, host_ready, into_module_ptr, module_ref, refuse_config, take_module_ptr, text,
+};
 use crate::bootstrap::{self, Bootstrap, GaugeSink, Gauges, GlobalMetrics, GlobalReport};
 use crate::filter::MetricId;
 use crate::{config, log, Level, REGISTRY};
@@ -127,6 +129,9 @@ pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_config_new(
     guard(
         "bootstrap_extension_config_new",
         || {
+            if !host_ready() {
+                return ptr::null();
+            }
             let name = text(name);
             if name != "wscap" {
                 return refuse_config(
@@ -239,11 +244,27 @@ pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_config_destroy(
             let Some(cfg) = (unsafe { take_module_ptr::<BootstrapConfig>(config) }) else {
                 return;
             };
-            if !cfg.timer.is_null() {
-                // SAFETY: the timer was created by this config and is deleted once, here.
+            if cfg.timer.is_null() {
+                return;
+            }
+            // The rule for every host (`host::TimerDelete`): delete on the main thread only.
+            if host::on_main_thread() {
+                // SAFETY: the timer was created by this config and is deleted once, here, on
+                // the main thread that owns it.
                 unsafe {
                     envoy_dynamic_module_callback_bootstrap_extension_timer_delete(cfg.timer)
                 };
+            } else {
+                let what = match host::host().map(|h| h.timer_delete()) {
+                    Some(host::TimerDelete::Unchecked) => "this Envoy deletes it unchecked",
+                    _ => "this Envoy refuses that",
+                };
+                log(
+                    Level::Warn,
+                    &format!(
+                        "wscap: bootstrap config destroyed off the main thread; its timer is left to Envoy ({what})"
+                    ),
+                );
             }
         },
         || (),

@@ -6,7 +6,7 @@ use std::ptr;
 use std::sync::Arc;
 
 use super::sys::*;
-use super::{guard, into_module_ptr, module_ref, refuse_config, take_module_ptr, text};
+use super::{guard, host_ready, into_module_ptr, module_ref, refuse_config, take_module_ptr, text};
 use crate::config::RouteSettings;
 use crate::filter::{
     Filter, FilterConfig, FilterMetrics, HeaderKind, HeadersStatus, MetricId, Resume,
@@ -193,6 +193,9 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     guard(
         "http_filter_config_new",
         || {
+            if !host_ready() {
+                return ptr::null();
+            }
             let name = text(name);
             if name != "wscap" {
                 return refuse_config(
@@ -263,6 +266,9 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_new(
     guard(
         "http_filter_per_route_config_new",
         || {
+            if !host_ready() {
+                return ptr::null();
+            }
             let name = text(name);
             if name != "wscap" {
                 return refuse_config(

@@ -5,7 +5,7 @@ use std::ffi::c_void;
 use std::ptr;
 
 use super::sys::*;
-use super::{guard, into_module_ptr, module_ref, refuse_config, take_module_ptr, text};
+use super::{guard, host_ready, into_module_ptr, module_ref, refuse_config, take_module_ptr, text};
 use crate::lb::{ClusterView, Health, Lb, RequestView};
 use crate::{config, REGISTRY};
 
@@ -140,6 +140,9 @@ pub extern "C" fn envoy_dynamic_module_on_lb_config_new(
     guard(
         "lb_config_new",
         || {
+            if !host_ready() {
+                return ptr::null();
+            }
             let name = text(name);
             if name != "wscap" {
                 return refuse_config(

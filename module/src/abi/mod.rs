@@ -28,6 +28,7 @@ use sys::{envoy_bytes, EnvoyBuffer, HEADERS_CONTINUE};
 
 mod bootstrap;
 mod filter;
+mod host;
 mod lb;
 #[cfg(test)]
 mod stubs;
@@ -96,6 +97,13 @@ fn text(b: EnvoyBuffer) -> String {
     String::from_utf8_lossy(unsafe { envoy_bytes(b) }).into_owned()
 }
 
+/// Did `program_init` accept this Envoy? The config hooks refuse otherwise, silently (the reason
+/// went to stderr once): Envoy 1.37 still calls the bootstrap extension's `config_new` after
+/// `program_init` returned NULL. Unit tests run without `program_init`.
+fn host_ready() -> bool {
+    cfg!(test) || host::host().is_some()
+}
+
 fn refuse_config(kind: &str, name: &str, why: &str) -> *const c_void {
     log(
         Level::Error,
@@ -112,10 +120,48 @@ static ABI_VERSION_C: &CStr = c"v0.2.0";
 
 const _: () = assert!(ABI_VERSION_C.to_bytes().len() == crate::ABI_VERSION.len());
 
-/// Returns the ABI version string; Envoy refuses the module on NULL.
+/// Looks up every callback wscap calls and detects the host ([`host`]); returns the ABI
+/// version string, or NULL (Envoy refuses the module) after one line on stderr when this Envoy
+/// lacks a callback.
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
-    ABI_VERSION_C.as_ptr()
+    program_init(|name| {
+        // SAFETY: `name` is NUL-terminated; RTLD_DEFAULT searches the global scope, where the
+        // Envoy executable exports its callbacks.
+        unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) }
+    })
+}
+
+fn program_init(lookup: impl Fn(&CStr) -> *mut c_void) -> *const c_char {
+    let init = catch_unwind(AssertUnwindSafe(|| match host::init(lookup) {
+        Ok(host) => {
+            log(
+                Level::Info,
+                &format!(
+                    "wscap: host Envoy {host} (its ABI {}, wscap's {}); all {} callbacks found; release order: {}",
+                    host.abi_string(),
+                    crate::ABI_VERSION,
+                    sys::CALLBACK_NAMES.len(),
+                    match host.release_order() {
+                        host::ReleaseOrder::AfterUpstreamClose => "after the upstream close",
+                        host::ReleaseOrder::BeforeUpstreamClose => "before the upstream close",
+                    }
+                ),
+            );
+            true
+        }
+        Err(unsupported) => {
+            // One write of one line: Envoy's log callback may be missing too.
+            use std::io::Write;
+            let _ = std::io::stderr().write_all(unsupported.line().as_bytes());
+            false
+        }
+    }));
+    if init.unwrap_or(false) {
+        ABI_VERSION_C.as_ptr()
+    } else {
+        ptr::null()
+    }
 }
 
 /// Hands `value` to Envoy as an opaque module pointer; [`take_module_ptr`] takes it back.
@@ -169,10 +215,22 @@ mod tests {
 
     #[test]
     fn program_init_reports_the_abi_version() {
-        let v = envoy_dynamic_module_on_program_init();
+        let v = program_init(|_| ptr::NonNull::<c_void>::dangling().as_ptr());
         // SAFETY: a pointer to a static NUL-terminated string.
         let s = unsafe { CStr::from_ptr(v) };
         assert_eq!(s.to_str().unwrap(), crate::ABI_VERSION);
+    }
+
+    #[test]
+    fn program_init_refuses_when_a_callback_is_missing() {
+        let v = program_init(|name| {
+            if name.to_bytes().ends_with(b"_lb_get_hosts_count") {
+                ptr::null_mut()
+            } else {
+                ptr::NonNull::<c_void>::dangling().as_ptr()
+            }
+        });
+        assert!(v.is_null());
     }
 
     #[test]

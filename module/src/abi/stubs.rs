@@ -253,3 +253,9 @@ extern "C" fn envoy_dynamic_module_callback_http_filter_scheduler_commit(_: *mut
 extern "C" fn envoy_dynamic_module_callback_http_filter_scheduler_delete(_: *mut c_void) {}
 #[no_mangle]
 extern "C" fn envoy_dynamic_module_callback_http_filter_continue_decoding(_: *mut c_void) {}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_log(_: i32, _: ModuleBuffer) {}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_log_enabled(_: i32) -> bool {
+    false
+}

