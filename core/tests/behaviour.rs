@@ -370,3 +370,92 @@ fn a_default_cap_survives_every_limit_recomputation() {
     );
     assert!(c.acquire().is_ok());
 }
+
+/// Tiers: the lowest tier with room wins, also past the sampling threshold (a sample of tier-1
+/// hosts must not hide the one tier-0 host with room); standby hosts are never chosen, and a
+/// cluster of standby hosts only refuses with `NoHosts`.
+#[test]
+fn tiers_are_honoured_with_and_without_sampling() {
+    for n in [3usize, wscap_core::FULL_SCAN_MAX_HOSTS + 5] {
+        let reg = Registry::new();
+        let c = reg.set_default_limit("c", 2).unwrap();
+        let mut specs: Vec<HostSpec> = (1..n)
+            .map(|i| {
+                HostSpec::parse(&format!("10.0.1.{i}:80"))
+                    .unwrap()
+                    .with_tier(1)
+            })
+            .collect();
+        specs.push(HostSpec::parse("10.0.0.1:80").unwrap());
+        specs.push(
+            HostSpec::parse("10.0.2.1:80")
+                .unwrap()
+                .with_tier(wscap_core::STANDBY),
+        );
+        c.set_hosts(&specs);
+        let first: Vec<_> = (0..2).map(|_| c.acquire().unwrap()).collect();
+        assert!(
+            first.iter().all(|p| p.host().as_str() == "10.0.0.1:80"),
+            "n={n}"
+        );
+        let rest: Vec<_> = (0..2 * (n - 1)).map(|_| c.acquire().unwrap()).collect();
+        assert!(rest
+            .iter()
+            .all(|p| p.host().as_str().starts_with("10.0.1.")));
+        assert_eq!(
+            c.acquire().unwrap_err(),
+            Rejected::NoCapacity,
+            "standby never used"
+        );
+    }
+    let reg = Registry::new();
+    let c = reg.set_default_limit("s", 2).unwrap();
+    c.set_hosts(&[HostSpec::parse("10.0.0.1:80")
+        .unwrap()
+        .with_tier(wscap_core::STANDBY)]);
+    assert_eq!(c.acquire().unwrap_err(), Rejected::NoHosts);
+}
+
+/// A per-admission default (`acquire_with_default`) gives way to a host's own limit and to its
+/// cap, and never changes what other admissions obey.
+#[test]
+fn acquire_with_default_respects_own_limits_and_caps() {
+    let reg = Registry::new();
+    let c = reg.set_default_limit("c", 5).unwrap();
+    let own: wscap_core::HostAddr = "10.0.0.1:80".parse().unwrap();
+    let capped: wscap_core::HostAddr = "10.0.0.2:80".parse().unwrap();
+    c.set_hosts(&[
+        HostSpec::new(own.clone()).with_limit(1),
+        HostSpec::new(capped.clone()),
+    ]);
+    c.set_host_cap(&capped, Some(2));
+    let held: Vec<_> = (0..3)
+        .map(|_| c.acquire_with_default(10).unwrap())
+        .collect();
+    assert_eq!(
+        held.iter().filter(|p| *p.host() == own).count(),
+        1,
+        "own limit 1 wins"
+    );
+    assert_eq!(
+        held.iter().filter(|p| *p.host() == capped).count(),
+        2,
+        "cap 2 wins"
+    );
+    assert_eq!(
+        c.acquire_with_default(10).unwrap_err(),
+        Rejected::NoCapacity
+    );
+    assert_eq!(
+        c.host(&capped).unwrap().limit(),
+        2,
+        "reported limit unchanged"
+    );
+    c.set_host_cap(&capped, None);
+    let more: Vec<_> = (0..3).map(|_| c.acquire().unwrap()).collect();
+    assert!(
+        more.iter().all(|p| *p.host() == capped),
+        "the default 5 for plain acquire"
+    );
+    assert_eq!(c.acquire_with_default(1).unwrap_err(), Rejected::NoCapacity);
+}

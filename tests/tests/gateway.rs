@@ -9,6 +9,7 @@
 //!   (metadata over per-route over the filter default: capacity 2 + 1);
 //! - `other` (round robin, no wscap): 1 WebSocket pod, never capped;
 //! - `plain` (round robin): plain HTTP;
+//! - the virtual host sets `retry_after_seconds: 9` for every route without its own;
 //! - routes: `/chat-free` (to `chat`, per-route `{"disabled": true}`), `/chat`, `/games`,
 //!   `/other`, `/plain`, `/mixed` (`weighted_clusters` chat 50 / other 50), `/hdr`
 //!   (`cluster_header: x-cluster`), `/direct` (a direct response: no cluster).
@@ -94,8 +95,11 @@ fn gateway_bootstrap(pods: &Pods, filter: &str, routes: Vec<Value>) -> Value {
         config::static_cluster("plain", &[Endpoint::new(pods.plain.addr)], false),
     ];
     let mut boot = config::bootstrap(std::slice::from_ref(&l), clusters, true);
-    boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-        ["route_config"]["virtual_hosts"][0]["routes"] = Value::Array(routes);
+    let vhost = &mut boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"]["route_config"]["virtual_hosts"][0];
+    vhost["routes"] = Value::Array(routes);
+    // Virtual-host-wide: a retry-after for every route that does not set its own.
+    vhost["typed_per_filter_config"] = per_route(r#"{"retry_after_seconds": 9}"#);
     boot
 }
 
@@ -265,8 +269,9 @@ async fn a_shared_gateway_governs_only_wscap_clusters() {
         "chat admitted exactly its capacity (by /chat {}, by /mixed {mixed_to_chat})",
         chat_open.len()
     );
+    // The virtual host's retry-after (over the filter's 5); /games sets its own (11).
     for r in &chat_refused {
-        assert_no_capacity(r, "chat", "5");
+        assert_no_capacity(r, "chat", "9");
     }
     // games: per-route 2 on games-0, metadata 1 on games-1; the route's retry-after.
     let g = by_backend(&games_open);
@@ -307,7 +312,7 @@ async fn a_shared_gateway_governs_only_wscap_clusters() {
             .await
             .expect_refused("cluster_header chat while chat is full"),
         "chat",
-        "5",
+        "9",
     );
     let free = connect(port, "/chat-free")
         .await
