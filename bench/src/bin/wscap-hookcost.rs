@@ -245,6 +245,85 @@ extern "C" fn envoy_dynamic_module_callback_bootstrap_extension_timer_enable(
 #[no_mangle]
 extern "C" fn envoy_dynamic_module_callback_bootstrap_extension_timer_delete(_: *mut c_void) {}
 #[no_mangle]
+unsafe extern "C" fn envoy_dynamic_module_callback_http_get_cluster_name(
+    _: *mut c_void,
+    out: *mut Buf,
+) -> bool {
+    // SAFETY: out-pointer from the module. Every stream is routed to `pods`.
+    unsafe { put(out, b"pods") };
+    true
+}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_get_most_specific_route_config(
+    _: *mut c_void,
+) -> *const c_void {
+    std::ptr::null()
+}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_bootstrap_extension_config_define_counter(
+    _: *mut c_void,
+    _: Buf,
+    _: *const Buf,
+    _: usize,
+    id_out: *mut usize,
+) -> i32 {
+    define_metric(id_out)
+}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_bootstrap_extension_config_increment_counter(
+    _: *mut c_void,
+    _: usize,
+    _: *const Buf,
+    _: usize,
+    _: u64,
+) -> i32 {
+    0
+}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_bootstrap_extension_config_define_histogram(
+    _: *mut c_void,
+    _: Buf,
+    _: *const Buf,
+    _: usize,
+    id_out: *mut usize,
+) -> i32 {
+    define_metric(id_out)
+}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_bootstrap_extension_config_record_histogram_value(
+    _: *mut c_void,
+    _: usize,
+    _: *const Buf,
+    _: usize,
+    _: u64,
+) -> i32 {
+    0
+}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_bootstrap_extension_enable_cluster_lifecycle(
+    _: *mut c_void,
+) -> bool {
+    false
+}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_lb_get_host_health(
+    _: *mut c_void,
+    _: u32,
+    _: usize,
+) -> i32 {
+    // Every fake pod is in the healthy list; this is only asked of the others.
+    0
+}
+
+/// Metric definitions succeed with id 0 (the fake host ignores metric writes).
+fn define_metric(id_out: *mut usize) -> i32 {
+    if !id_out.is_null() {
+        // SAFETY: a non-null out-pointer from the module.
+        unsafe { *id_out = 0 };
+    }
+    0
+}
+#[no_mangle]
 unsafe extern "C" fn envoy_dynamic_module_callback_lb_get_cluster_name(
     _: *mut c_void,
     out: *mut Buf,
