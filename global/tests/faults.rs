@@ -124,3 +124,83 @@ fn a_panicking_round_is_survived_and_waiting_borrows_are_answered() {
             .all(|p| p.live == 0)
     }));
 }
+
+/// Break #1: a pod that leaves and comes back (a flap, or its IP reused by a new pod) must not
+/// admit under the cap its earlier incarnation had, with no share in the ledger. Instance A
+/// holds 6 connections (its cap is at least 6), they close and the pod leaves at once; while it
+/// is gone, instance B takes the whole limit; when the pod comes back, A admits nothing (the
+/// ledger has no room) until B gives some back, and then A is granted again.
+#[test]
+fn a_pod_that_leaves_and_returns_admits_only_what_the_ledger_grants() {
+    let redis = RedisServer::start();
+    let insts = instances(&redis, 2, 2);
+    let (a, b) = (&insts[0], &insts[1]);
+    let pod = HostSpec::parse(PODS[0]).unwrap();
+    for i in &insts {
+        i.registry
+            .cluster("pods")
+            .unwrap()
+            .set_hosts(std::slice::from_ref(&pod));
+    }
+    assert!(eventually(Duration::from_secs(3), || insts
+        .iter()
+        .all(|i| i.coordinator().fleet_view().pods.len() == 1)));
+    let fleet = Arc::new(FleetCount::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let sample = sampler(fleet.clone(), stop.clone());
+
+    let mut on_a = Vec::new();
+    fill(&[a], &fleet, &mut on_a, 6);
+    assert_eq!(on_a.len(), 6);
+    let cluster_a = a.registry.cluster("pods").unwrap();
+    assert!(cluster_a.host(&pod.addr).unwrap().limit() >= 6);
+    // The connections close and the pod leaves in the same instant (no refresh in between to
+    // lower A's cap): it is removed outright.
+    drop(on_a);
+    assert_eq!(cluster_a.set_hosts(&[]).removed, 1);
+    assert!(eventually(Duration::from_secs(3), || a
+        .coordinator()
+        .fleet_view()
+        .pods
+        .is_empty()));
+    // Meanwhile B takes the whole limit.
+    let mut on_b = Vec::new();
+    fill(&[b], &fleet, &mut on_b, 100);
+    assert_eq!(on_b.len(), LIMIT as usize, "B holds the whole limit");
+
+    // The pod comes back on A: for several refresh rounds, A admits nothing, neither locally
+    // nor after a borrow.
+    assert_eq!(cluster_a.set_hosts(std::slice::from_ref(&pod)).added, 1);
+    let mut on_a = Vec::new();
+    let until = Instant::now() + Duration::from_millis(800);
+    while Instant::now() < until {
+        if let Ok(p) = a.registry.acquire("pods") {
+            on_a.push(fleet.hold(p));
+        }
+        if let Some(p) = a.admit() {
+            on_a.push(fleet.hold(p));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let max = sample.join().unwrap();
+    assert_eq!(
+        on_a.len(),
+        0,
+        "A admitted on the returning pod with no share in the ledger (pod peak {max})"
+    );
+    assert!(max <= LIMIT, "the pod held {max}, limit {LIMIT}");
+
+    // B lets 4 go: A is granted again, exactly that much.
+    on_b.truncate(6);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while on_a.len() < 4 && Instant::now() < deadline {
+        match a.admit() {
+            Some(p) => on_a.push(fleet.hold(p)),
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    assert_eq!(on_a.len(), 4, "A is granted again once B gave room back");
+    assert!(a.admit().is_none(), "and no more than the limit");
+    assert_eq!(fleet.max(), LIMIT);
+}
