@@ -55,6 +55,8 @@ pub struct Ledger {
     grace_ms: u64,
     demand_window_ms: u64,
     commands: u64,
+    /// Kept to take the URL's secrets out of error messages.
+    config: GlobalConfig,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -103,11 +105,12 @@ impl Ledger {
     /// `rediss://`, the TLS files are read and checked here.
     pub fn new(config: &GlobalConfig) -> Result<Self, LedgerError> {
         let client = if config.redis_url.starts_with("rediss://") {
-            tls_client(config)?
+            tls_client(config)
         } else {
             Client::open(config.redis_url.as_str())
-                .map_err(|e| LedgerError::Redis(format!("bad redis_url: {e}")))?
-        };
+                .map_err(|e| LedgerError::Redis(format!("bad redis_url: {e}")))
+        }
+        .map_err(|e| redact(config, e))?;
         let io_timeout =
             (config.refresh() / 2).clamp(Duration::from_millis(20), Duration::from_secs(1));
         Ok(Ledger {
@@ -121,6 +124,7 @@ impl Ledger {
             grace_ms: config.restart_grace().as_millis() as u64,
             demand_window_ms: 3 * config.refresh_ms,
             commands: 0,
+            config: config.clone(),
         })
     }
 
@@ -208,11 +212,19 @@ impl Ledger {
                 Err(e) => {
                     // Reconnect next time: the connection may be half-broken (timeout mid-reply).
                     self.conn = None;
-                    return Err(e);
+                    return Err(redact(&self.config, e));
                 }
             };
         self.commands += 1;
         parse_claim(&reply)
+    }
+}
+
+/// `e` with the URL's secrets taken out of its message ([`GlobalConfig::redact`]).
+fn redact(config: &GlobalConfig, e: LedgerError) -> LedgerError {
+    match e {
+        LedgerError::Redis(m) => LedgerError::Redis(config.redact(&m)),
+        LedgerError::BadReply(m) => LedgerError::BadReply(config.redact(&m)),
     }
 }
 
