@@ -62,8 +62,10 @@ pub struct GlobalConfig {
     /// no round trip.
     #[serde(default = "default_headroom")]
     pub headroom: u32,
-    /// After Redis comes back empty, how long instances may only reclaim what they hold.
-    /// Default: `lease_ttl_ms`.
+    /// After the ledger shows a possible loss (Redis came back empty: an instance that saw the
+    /// old ledger finds it gone), how long instances may only reclaim what they hold. Default:
+    /// `lease_ttl_ms`. A ledger nobody saw before is in grace for at most one refresh plus one
+    /// claim timeout; a pod new to an existing ledger not at all (docs/GLOBAL.md).
     #[serde(default)]
     pub restart_grace_ms: Option<u64>,
     /// Prefix of every key.

@@ -1180,7 +1180,7 @@ async fn examples_run_as_written() {
         ports.push(envoy.listener_port(example::EXAMPLE_LISTENER).await);
         envoys.push(envoy);
     }
-    // The files' restart grace is their lease ttl (3 s): wait until the fleet grants it all.
+    // A fresh ledger: its short grace (about 1.5 refresh intervals), then the fleet grants it all.
     let want: usize = example::EXAMPLE_LIMITS.iter().sum();
     let mut open: Vec<WsClient> = Vec::new();
     let start = Instant::now();
