@@ -147,3 +147,132 @@ fn after_a_loss_a_new_instance_gets_nothing_held_by_others() {
     assert_eq!(on_c.len(), 3 * LIMIT as usize);
     assert!(fleet.max() <= LIMIT);
 }
+
+/// A loopback TCP relay to Redis that can be cut: while cut, it drops every connection it
+/// accepts and every one it relays (an instance cut off from Redis while others reach it).
+struct Relay {
+    port: u16,
+    cut: Arc<AtomicBool>,
+}
+
+impl Relay {
+    fn start(upstream: u16) -> Relay {
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let live: Arc<parking_lot::Mutex<Vec<TcpStream>>> = Arc::default();
+        {
+            let (cut, live) = (cut.clone(), live.clone());
+            std::thread::spawn(move || {
+                for client in listener.incoming().flatten() {
+                    if cut.load(Ordering::SeqCst) {
+                        continue; // dropped: the client sees its connection closed
+                    }
+                    let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                        continue;
+                    };
+                    live.lock().push(client.try_clone().unwrap());
+                    for (mut from, mut to) in [
+                        (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                        (server, client),
+                    ] {
+                        std::thread::spawn(move || {
+                            let _ = std::io::copy(&mut from, &mut to);
+                            let _ = to.shutdown(Shutdown::Both);
+                            let _ = from.shutdown(Shutdown::Both);
+                        });
+                    }
+                }
+            });
+        }
+        let relay = Relay { port, cut };
+        // Cutting also closes what is relayed now.
+        let (cut2, live2) = (relay.cut.clone(), live);
+        std::thread::spawn(move || loop {
+            if cut2.load(Ordering::SeqCst) {
+                for s in live2.lock().drain(..) {
+                    let _ = s.shutdown(Shutdown::Both);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        });
+        relay
+    }
+}
+
+/// The case the fleet epoch is for: Redis restarts empty while instances A and B hold a pod
+/// full between them; B is cut off from Redis for 600 ms (4 fresh windows) after the restart;
+/// a new instance C, to which the ledger looks fresh, starts at once and keeps asking. A
+/// reaches Redis within the fresh window and, remembering the old epoch, turns it into the
+/// full restart grace, so B is back in time to reclaim its connections: C gets nothing, and the
+/// pod never holds more than its limit.
+#[test]
+fn a_holder_that_saw_the_old_ledger_extends_the_grace_for_a_slower_one() {
+    let mut redis = RedisServer::start();
+    let relay = Relay::start(redis.url().rsplit(':').next().unwrap().parse().unwrap());
+    let relay_url = format!("redis://127.0.0.1:{}", relay.port);
+    let pod = HostSpec::parse(PODS[0]).unwrap();
+    let one_pod = |c: GlobalConfig| {
+        let i = Instance::start(c, LIMIT);
+        i.registry
+            .cluster("pods")
+            .unwrap()
+            .set_hosts(std::slice::from_ref(&pod));
+        i
+    };
+    let a = one_pod(cfg(&redis, "envoy-a"));
+    let mut b_cfg = cfg(&redis, "envoy-b");
+    b_cfg.redis_url = relay_url;
+    let b = one_pod(b_cfg);
+    let fleet = Arc::new(FleetCount::default());
+    let mut held = Vec::new();
+    for inst in [&a, &b] {
+        let t0 = Instant::now();
+        let mut n = 0;
+        while n < LIMIT / 2 && t0.elapsed() < Duration::from_secs(5) {
+            match inst.admit() {
+                Some(p) => {
+                    held.push(fleet.hold(p));
+                    n += 1;
+                }
+                None => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    }
+    assert_eq!(held.len(), LIMIT as usize, "A and B hold the pod full");
+    let stop = Arc::new(AtomicBool::new(false));
+    let sample = {
+        let (fleet, stop) = (fleet.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut max = 0;
+            while !stop.load(Ordering::Relaxed) {
+                max = max.max(fleet.max());
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            max
+        })
+    };
+    relay.cut.store(true, Ordering::SeqCst);
+    redis.restart_empty();
+    let c = one_pod(cfg(&redis, "envoy-c"));
+    let restarted = Instant::now();
+    let mut on_c = Vec::new();
+    while restarted.elapsed() < Duration::from_millis(LONG_GRACE_MS + 1000) {
+        if restarted.elapsed() > Duration::from_millis(600) {
+            relay.cut.store(false, Ordering::SeqCst);
+        }
+        if let Some(p) = c.admit() {
+            on_c.push(fleet.hold(p));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let max = sample.join().unwrap();
+    assert!(max <= LIMIT, "the pod held {max}, limit {LIMIT}");
+    assert_eq!(on_c.len(), 0, "C was granted room B's connections occupy");
+    assert!(
+        b.coordinator().fleet_view().redis_ok,
+        "B reaches Redis again"
+    );
+}
