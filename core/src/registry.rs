@@ -692,6 +692,10 @@ impl Cluster {
         // What is left of `wanted` is new, in the caller's order.
         for h in hosts {
             if wanted.remove(&h.addr).is_some() {
+                // A host new to the membership (first seen, or back after it was removed) starts
+                // under the default cap: a cap set for an earlier incarnation of the address
+                // (global mode: a share this instance may no longer hold) never carries over.
+                config.caps.remove(&h.addr);
                 let state = SlotState::new(config.effective(&h.addr));
                 state.set_limits(
                     config.effective(&h.addr),
@@ -747,7 +751,8 @@ impl Cluster {
     ///
     /// Returns the host's live count read after the cap took effect: from then on no admission
     /// succeeds unless it fits under the cap, so the live count stays at or below
-    /// `max(returned, cap)` until the cap is raised. The cap outlives membership changes.
+    /// `max(returned, cap)` until the cap is raised. The cap outlives a host's draining and
+    /// revival, but not its removal: a host added again starts under the default cap.
     ///
     /// ```
     /// # use wscap_core::{Registry, HostSpec, Rejected};

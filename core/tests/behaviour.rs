@@ -459,3 +459,28 @@ fn acquire_with_default_respects_own_limits_and_caps() {
     );
     assert_eq!(c.acquire_with_default(1).unwrap_err(), Rejected::NoCapacity);
 }
+
+/// A host that leaves (removed, holding nothing) and comes back starts under the default cap,
+/// not under the cap its earlier incarnation had (global mode: a share possibly no longer held);
+/// a host that only drained and is revived keeps its cap.
+#[test]
+fn a_removed_host_comes_back_under_the_default_cap() {
+    let reg = Registry::new();
+    let c = reg.set_default_limit("c", 10).unwrap();
+    reg.set_default_cap(Some(0));
+    let addr: HostAddr = "10.0.0.1:80".parse().unwrap();
+    let hosts = [HostSpec::new(addr.clone())];
+    c.set_hosts(&hosts);
+    c.set_host_cap(&addr, Some(5));
+    let p = c.acquire().unwrap();
+    // Drained with a live connection, then revived: the same host, its cap kept.
+    c.set_hosts(&[]);
+    assert_eq!(c.set_hosts(&hosts).revived, 1);
+    assert_eq!(c.host(&addr).unwrap().limit(), 5);
+    drop(p);
+    // Removed outright, then added again: the default cap (0) holds until a new cap is set.
+    assert_eq!(c.set_hosts(&[]).removed, 1);
+    assert_eq!(c.set_hosts(&hosts).added, 1);
+    assert_eq!(c.host(&addr).unwrap().limit(), 0);
+    assert_eq!(c.acquire().unwrap_err(), Rejected::NoCapacity);
+}

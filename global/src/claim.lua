@@ -1,12 +1,22 @@
 -- wscap: claim a share of one pod's capacity for one instance, atomically.
 --
--- KEYS[1]  the pod's hash, wscap:{<cluster>/<ip:port>} (one Redis Cluster slot per pod)
+-- KEYS[1]  the pod's hash, wscap:{<cluster>/<ip:port>}
+-- KEYS[2]  the fleet record, wscap:fleet
 -- ARGV     instance id, wanted share, live count, pod limit, lease ttl ms, restart grace ms,
---          demand window ms
+--          demand window ms, epoch this instance last saw (0: none), fresh window ms
 --
--- Fields: born (server ms the hash was created), limit, and per instance i:
+-- Pod fields: limit, demand, and per instance i:
 --   s:<i> share, l:<i> live connections, e:<i> lease expiry (server ms).
+-- Fleet fields: epoch (server ms the ledger was created on this Redis), grace_until (server ms).
 -- Server time decides expiry; instances' clocks never matter.
+--
+-- Restart grace: while now < grace_until, an instance may only reclaim what it holds (its live
+-- count). It applies when the ledger shows a possible loss: an instance that saw an earlier
+-- epoch finds none, or another one (Redis lost its data; grace for restart_grace_ms from then).
+-- A ledger created by an instance that saw none (a cold start, as far as it knows) gets only
+-- the fresh window (one refresh plus one claim timeout): long enough for any instance that
+-- still holds connections from before a loss to reach Redis and turn it into a full grace.
+-- A pod new to a ledger that exists gets no grace at all.
 --
 -- Invariant kept: the sum of shares of instances whose lease has not expired is at most the
 -- limit, except when the limit itself was lowered (a share is never taken away here: its holder
@@ -15,8 +25,8 @@
 -- A claim that cannot be granted in full marks the pod as in demand; for the demand window
 -- every instance keeps no spare share on it, so unused share flows back within one refresh.
 --
--- Returns { granted share, server now ms, in grace (0/1), in demand (0/1), then id, share, live
--- for every live instance (this one included) }.
+-- Returns { granted share, server now ms, in grace (0/1), in demand (0/1), epoch, then id,
+-- share, live for every live instance (this one included) }.
 local key = KEYS[1]
 local inst = ARGV[1]
 local want = tonumber(ARGV[2])
@@ -25,22 +35,32 @@ local limit = tonumber(ARGV[4])
 local ttl = tonumber(ARGV[5])
 local grace = tonumber(ARGV[6])
 local window = tonumber(ARGV[7])
-if not (want and live and limit and ttl and grace and window) then
+local seen = tonumber(ARGV[8])
+local fresh = tonumber(ARGV[9])
+if not (want and live and limit and ttl and grace and window and seen and fresh) then
   return redis.error_reply('wscap: non-numeric argument')
 end
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
-local born = tonumber(redis.call('HGET', key, 'born'))
-if not born then
-  -- A pod unknown to this Redis: first use, or Redis lost its data. Until the grace ends, every
-  -- instance may reclaim only what it already holds, so capacity held before a restart is never
-  -- handed out twice.
-  born = now
-  redis.call('HSET', key, 'born', born)
+local epoch = tonumber(redis.call('HGET', KEYS[2], 'epoch'))
+local grace_until = tonumber(redis.call('HGET', KEYS[2], 'grace_until')) or 0
+if not epoch then
+  -- No ledger on this Redis: a cold start, or Redis lost its data.
+  epoch = now
+  if seen > 0 then
+    grace_until = now + grace -- this instance used a ledger here before: a loss
+  else
+    grace_until = now + math.min(fresh, grace)
+  end
+  redis.call('HSET', KEYS[2], 'epoch', epoch, 'grace_until', grace_until)
+elseif seen > 0 and seen ~= epoch and now + grace > grace_until then
+  -- This instance used an earlier ledger: it was lost, and re-created since by another.
+  grace_until = now + grace
+  redis.call('HSET', KEYS[2], 'grace_until', grace_until)
 end
-local in_grace = now < born + grace
+local in_grace = now < grace_until
 
 local fields = redis.call('HGETALL', key)
 local shares, lives, expiries = {}, {}, {}
@@ -86,7 +106,7 @@ redis.call('HSET', key, 's:' .. inst, granted, 'l:' .. inst, live, 'e:' .. inst,
 redis.call('PEXPIRE', key, 2 * ttl + grace)
 shares[inst], lives[inst], expiries[inst] = granted, live, now + ttl
 
-local out = { granted, now, in_grace and 1 or 0, in_demand and 1 or 0 }
+local out = { granted, now, in_grace and 1 or 0, in_demand and 1 or 0, epoch }
 for id, _ in pairs(expiries) do
   table.insert(out, id)
   table.insert(out, shares[id] or 0)

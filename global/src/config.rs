@@ -62,8 +62,10 @@ pub struct GlobalConfig {
     /// no round trip.
     #[serde(default = "default_headroom")]
     pub headroom: u32,
-    /// After Redis comes back empty, how long instances may only reclaim what they hold.
-    /// Default: `lease_ttl_ms`.
+    /// After the ledger shows a possible loss (Redis came back empty: an instance that saw the
+    /// old ledger finds it gone), how long instances may only reclaim what they hold. Default:
+    /// `lease_ttl_ms`. A ledger nobody saw before is in grace for at most one refresh plus one
+    /// claim timeout; a pod new to an existing ledger not at all (docs/GLOBAL.md).
     #[serde(default)]
     pub restart_grace_ms: Option<u64>,
     /// Prefix of every key.
@@ -104,6 +106,27 @@ pub(crate) fn check_pem(field: &str, path: &str) -> Result<Vec<u8>, String> {
         }
     }
     Ok(pem)
+}
+
+/// The user info of a URL-like string: `(user, password)`, split at the first `:`; `None`
+/// without an `@`. Anything before the last `@` after the scheme counts (a password may hold
+/// `/`, `:` or `#`), and a string without `://` is searched from its start, so a mistyped scheme
+/// still has its password found.
+fn userinfo(url: &str) -> Option<(&str, &str)> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let (info, _) = rest.rsplit_once('@')?;
+    Some(info.split_once(':').unwrap_or(("", info)))
+}
+
+fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s, r)) => (&url[..s.len() + 3], r),
+        None => ("", url),
+    };
+    match rest.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}***@{host}"),
+        None => url.to_owned(),
+    }
 }
 
 fn default_lease_ttl_ms() -> u64 {
@@ -158,7 +181,7 @@ impl GlobalConfig {
         if !(self.redis_url.starts_with("redis://") || self.redis_url.starts_with("rediss://")) {
             return bad(format!(
                 "redis_url must start with redis:// or rediss://, got {:?}",
-                self.redis_url
+                self.redacted_url()
             ));
         }
         let tls_files = [
@@ -243,6 +266,35 @@ impl GlobalConfig {
         }
     }
 
+    /// `redis_url` fit for a log: the user info (`user:password`, everything before the last
+    /// `@`) replaced by `***`, whatever the scheme. Every message of this crate that could
+    /// contain the URL shows this form.
+    ///
+    /// ```
+    /// let c = wscap_global::GlobalConfig::new("redis://app:s3cret@10.0.0.1:6379/0");
+    /// assert_eq!(c.redacted_url(), "redis://***@10.0.0.1:6379/0");
+    /// assert_eq!(wscap_global::GlobalConfig::new("http://:pw@h").redacted_url(), "http://***@h");
+    /// assert_eq!(wscap_global::GlobalConfig::new("redis://h:1").redacted_url(), "redis://h:1");
+    /// ```
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.redis_url)
+    }
+
+    /// `message` with the URL's secrets taken out: the URL itself in its [redacted
+    /// form](Self::redacted_url), and the password or user info wherever else it occurs.
+    pub fn redact(&self, message: &str) -> String {
+        let mut out = message.replace(&self.redis_url, &self.redacted_url());
+        if let Some((user, password)) = userinfo(&self.redis_url) {
+            for secret in [password, user] {
+                // Short secrets (or none) are not searched for: "a" would mangle every message.
+                if secret.len() >= 3 {
+                    out = out.replace(secret, "***");
+                }
+            }
+        }
+        out
+    }
+
     /// The lease time to live.
     pub fn lease_ttl(&self) -> Duration {
         Duration::from_millis(self.lease_ttl_ms)
@@ -266,5 +318,49 @@ impl GlobalConfig {
                 .unwrap_or_else(|_| "host".to_owned());
             format!("{host}-{}", std::process::id())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_password_in_any_config_error() {
+        for url in [
+            "http://app:s3cret-pw@10.0.0.1:6379",
+            "redis:/app:s3cret-pw@10.0.0.1:6379",
+            "app:s3cret-pw@10.0.0.1:6379",
+            "REDIS://:s3cret-pw@h:1",
+            "redis//:s3cret-pw@h",
+            "tcp://:s3cr/et-pw@h",
+        ] {
+            let mut c = GlobalConfig::new(url);
+            c.refresh_ms = 5;
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("redis_url must start with"), "{url}: {e}");
+            assert!(
+                !e.contains("s3cret") && !e.contains("s3cr/et"),
+                "{url}: {e}"
+            );
+            assert!(e.contains("***"), "{url}: {e}");
+        }
+    }
+
+    #[test]
+    fn redact_takes_the_secrets_out_of_any_message() {
+        let c = GlobalConfig::new("redis://alice:pa:ss/w@rd@10.0.0.1:6379/2");
+        assert_eq!(c.redacted_url(), "redis://***@10.0.0.1:6379/2");
+        let m =
+            c.redact("cannot parse redis://alice:pa:ss/w@rd@10.0.0.1:6379/2 (pa:ss/w@rd, alice)");
+        assert_eq!(
+            m, "cannot parse redis://***@10.0.0.1:6379/2 (***, ***)",
+            "{m}"
+        );
+        let plain = GlobalConfig::new("redis://127.0.0.1:6379");
+        assert_eq!(
+            plain.redact("x redis://127.0.0.1:6379"),
+            "x redis://127.0.0.1:6379"
+        );
     }
 }

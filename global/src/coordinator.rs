@@ -30,8 +30,12 @@ type PodId = (String, String);
 struct PodState {
     /// The share the ledger last granted (what we believe Redis holds for us).
     share: u32,
-    /// The local cap in force.
+    /// The local cap in force, when `cap_known`.
     cap: u32,
+    /// Whether `cap` is what core holds. False for a pod first seen and after a round panicked
+    /// (core may then hold any cap this coordinator wrote): the next round first lowers core's
+    /// cap to what the ledger surely granted.
+    cap_known: bool,
     /// Until when the share is surely still ours on the server: the instant the last successful
     /// claim was sent, plus the lease ttl.
     lease_until: Option<Instant>,
@@ -102,6 +106,11 @@ struct Shared {
     /// When a refresh round last reached Redis for every pod (`None`: never yet).
     last_ok_round: Mutex<Option<Instant>>,
     started: Instant,
+    /// Rounds that panicked (and were recovered from).
+    panics: AtomicU64,
+    /// Test-only fault injection: this many rounds still to panic (see
+    /// [`Coordinator::inject_round_panics`]).
+    inject_panics: AtomicU64,
 }
 
 /// The fleet as this instance last saw it.
@@ -123,6 +132,10 @@ pub struct FleetView {
     pub claim_errors: u64,
     /// Borrow samples not kept because nobody took them (see [`MAX_BORROW_SAMPLES`]).
     pub borrow_samples_dropped: u64,
+    /// Coordinator rounds that panicked so far (a bug: each is caught, its message kept in
+    /// `last_error`, the borrows it served answered `unavailable`, and the next round starts
+    /// from caps it writes afresh).
+    pub panics: u64,
     /// Per pod, sorted by cluster then address.
     pub pods: Vec<FleetPod>,
 }
@@ -196,6 +209,8 @@ impl Coordinator {
             samples_dropped: AtomicU64::new(0),
             last_ok_round: Mutex::new(None),
             started: Instant::now(),
+            panics: AtomicU64::new(0),
+            inject_panics: AtomicU64::new(0),
         });
         let thread = std::thread::Builder::new()
             .name("wscap-global".to_owned())
@@ -229,6 +244,14 @@ impl Coordinator {
     /// [`MAX_BORROW_SAMPLES`]).
     pub fn take_borrow_samples(&self) -> Vec<BorrowSample> {
         std::mem::take(&mut *self.shared.samples.lock())
+    }
+
+    /// Test-only fault injection, not part of the contract: the next `n` claims that Redis
+    /// granted panic before the grant is applied, as a bug in a round would. Used by the tests
+    /// that show a panicking round is survived.
+    #[doc(hidden)]
+    pub fn inject_round_panics(&self, n: u64) {
+        self.shared.inject_panics.store(n, Ordering::Release);
     }
 
     /// How long ago a refresh round last renewed every lease of this instance in Redis (since
@@ -270,13 +293,13 @@ fn run(shared: &Shared, mut ledger: Ledger) {
         };
         if shared.stop.load(Ordering::Acquire) {
             for (_, _, done) in requests {
-                done(BorrowOutcome::Unavailable);
+                answer(done, BorrowOutcome::Unavailable);
             }
             return;
         }
         if Instant::now() >= next_refresh {
             next_refresh = Instant::now() + shared.config.refresh();
-            round(shared, &mut ledger, &mut pods, None);
+            guarded_round(shared, &mut ledger, &mut pods, None);
         }
         // One round per cluster for all the streams waiting on it: a burst of N paused
         // streams asks the ledger for N more slots at once, not one at a time.
@@ -292,7 +315,7 @@ fn run(shared: &Shared, mut ledger: Ledger) {
                 .borrows
                 .fetch_add(waiting.len() as u64, Ordering::Relaxed);
             let wanted = u32::try_from(waiting.len()).unwrap_or(u32::MAX);
-            let outcome = round(shared, &mut ledger, &mut pods, Some((&cluster, wanted)));
+            let outcome = guarded_round(shared, &mut ledger, &mut pods, Some((&cluster, wanted)));
             let answered = Instant::now();
             {
                 let mut samples = shared.samples.lock();
@@ -310,8 +333,60 @@ fn run(shared: &Shared, mut ledger: Ledger) {
                 }
             }
             for (_, done) in waiting {
-                done(outcome);
+                answer(done, outcome);
             }
+        }
+    }
+}
+
+/// Runs a borrow's callback; a panic in it is caught (the coordinator thread must live on).
+fn answer(done: BorrowCallback, outcome: BorrowOutcome) {
+    if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| done(outcome))) {
+        eprintln!(
+            "wscap-global: a borrow callback panicked: {}",
+            panic_message(p.as_ref())
+        );
+    }
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned())
+}
+
+/// [`round`], surviving a panic in it: a bug must not end the thread silently (caps would
+/// freeze and paused streams would wait forever). The panic is counted and kept in the fleet
+/// view's `last_error`; a borrow round that panicked answers [`BorrowOutcome::Unavailable`];
+/// every pod's local cap is then treated as unknown, so the next round first lowers it to what
+/// the ledger surely granted before raising it again (exactness holds across the panic).
+fn guarded_round(
+    shared: &Shared,
+    ledger: &mut Ledger,
+    pods: &mut HashMap<PodId, PodState>,
+    borrow: Option<(&str, u32)>,
+) -> BorrowOutcome {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        round(shared, ledger, pods, borrow)
+    })) {
+        Ok(outcome) => outcome,
+        Err(p) => {
+            let msg = panic_message(p.as_ref());
+            let n = shared.panics.fetch_add(1, Ordering::Relaxed) + 1;
+            eprintln!("wscap-global: a coordinator round panicked ({n} so far), recovering: {msg}");
+            for pod in pods.values_mut() {
+                // The round may have stopped anywhere between a cap and the ledger: forget
+                // both (conservative: no keep_share credit until Redis answers again).
+                pod.cap = 0;
+                pod.cap_known = false;
+                pod.share = 0;
+                pod.lease_until = None;
+            }
+            let mut view = shared.view.lock();
+            view.panics = n;
+            view.last_error = Some(format!("coordinator round panicked: {msg}"));
+            BorrowOutcome::Unavailable
         }
     }
 }
@@ -390,11 +465,18 @@ fn round(
             }
         }
 
-        // Shrink locally first; the ledger never hears of a share below what is live.
+        // Shrink locally first; the ledger never hears of a share below what is live. A cap
+        // not known to be in force is first lowered to what the ledger surely granted.
         let mut want = desired;
-        if desired < pod.cap {
-            if let Some(after) = cluster.set_host_cap(&addr, Some(desired)) {
-                pod.cap = desired;
+        if !pod.cap_known || desired < pod.cap {
+            let to = if pod.cap_known {
+                desired
+            } else {
+                desired.min(pod.share)
+            };
+            if let Some(after) = cluster.set_host_cap(&addr, Some(to)) {
+                pod.cap = to;
+                pod.cap_known = true;
                 want = desired.max(after);
             }
         }
@@ -403,16 +485,25 @@ fn round(
             let sent = Instant::now();
             match ledger.claim(cluster_name, &host.address, want, live, host.limit) {
                 Ok(claim) if claim.granted <= want.max(pod.share) => {
+                    if shared
+                        .inject_panics
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                        .is_ok()
+                    {
+                        panic!("injected fault: panic after a grant, before the cap was set");
+                    }
                     pod.lease_until = Some(sent + config.lease_ttl());
                     let old_cap = pod.cap;
                     let grew = claim.granted > old_cap;
                     pod.share = claim.granted;
                     pod.in_demand = claim.in_demand;
                     pod.parts = claim.parts;
-                    if claim.granted != pod.cap {
-                        cluster.set_host_cap(&addr, Some(claim.granted));
-                        pod.cap = claim.granted;
-                    }
+                    // Written every time, not only on a change: core's cap may differ from the
+                    // one last written here (the host was removed and added again in between,
+                    // which resets it to the default cap).
+                    cluster.set_host_cap(&addr, Some(claim.granted));
+                    pod.cap = claim.granted;
+                    pod.cap_known = true;
                     if borrow.is_some() && grew {
                         outcome = BorrowOutcome::Granted;
                         wanted_more = wanted_more.saturating_sub(claim.granted - old_cap);
@@ -447,9 +538,10 @@ fn round(
             FailMode::KeepShare | FailMode::Reject => 0,
             FailMode::LocalLimit => config.local_limit.unwrap_or(0).min(host.limit),
         };
-        if cap != pod.cap {
+        if cap != pod.cap || !pod.cap_known {
             cluster.set_host_cap(&addr, Some(cap));
             pod.cap = cap;
+            pod.cap_known = true;
         }
     }
 
@@ -476,6 +568,7 @@ fn round(
     view.last_error = failed.map(|e| e.to_string());
     view.redis_commands = ledger.commands();
     view.borrows = shared.borrows.load(Ordering::Relaxed);
+    view.panics = shared.panics.load(Ordering::Relaxed);
     if borrow.is_none() {
         let mut out: Vec<FleetPod> = snapshot
             .clusters

@@ -39,6 +39,9 @@ pub struct Claim {
     pub in_grace: bool,
     /// Some instance recently asked for more than it got: keep no spare share.
     pub in_demand: bool,
+    /// The ledger's epoch on this Redis (server ms it was created): changes when Redis lost
+    /// its data and the ledger was created again.
+    pub epoch: u64,
     /// Every live instance's part of the pod, this one included, sorted by instance id.
     pub parts: Vec<InstancePart>,
 }
@@ -54,7 +57,14 @@ pub struct Ledger {
     ttl_ms: u64,
     grace_ms: u64,
     demand_window_ms: u64,
+    /// A ledger created by an instance that saw none is in grace this long (see claim.lua).
+    fresh_ms: u64,
+    /// The epoch of the ledger this instance last saw (0: none yet).
+    seen_epoch: u64,
+    fleet_key: String,
     commands: u64,
+    /// Kept to take the URL's secrets out of error messages.
+    config: GlobalConfig,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -103,11 +113,12 @@ impl Ledger {
     /// `rediss://`, the TLS files are read and checked here.
     pub fn new(config: &GlobalConfig) -> Result<Self, LedgerError> {
         let client = if config.redis_url.starts_with("rediss://") {
-            tls_client(config)?
+            tls_client(config)
         } else {
             Client::open(config.redis_url.as_str())
-                .map_err(|e| LedgerError::Redis(format!("bad redis_url: {e}")))?
-        };
+                .map_err(|e| LedgerError::Redis(format!("bad redis_url: {e}")))
+        }
+        .map_err(|e| redact(config, e))?;
         let io_timeout =
             (config.refresh() / 2).clamp(Duration::from_millis(20), Duration::from_secs(1));
         Ok(Ledger {
@@ -120,7 +131,13 @@ impl Ledger {
             ttl_ms: config.lease_ttl_ms,
             grace_ms: config.restart_grace().as_millis() as u64,
             demand_window_ms: 3 * config.refresh_ms,
+            // An instance that holds connections retries every refresh, and a claim waits at
+            // most `io_timeout`: it reaches a Redis that is back within this window.
+            fresh_ms: config.refresh_ms + io_timeout.as_millis() as u64,
+            seen_epoch: 0,
+            fleet_key: format!("{}:fleet", config.key_prefix),
             commands: 0,
+            config: config.clone(),
         })
     }
 
@@ -191,13 +208,16 @@ impl Ledger {
         let mut invocation = self.claim.prepare_invoke();
         invocation
             .key(key)
+            .key(&self.fleet_key)
             .arg(instance)
             .arg(want)
             .arg(live)
             .arg(limit)
             .arg(ttl)
             .arg(grace)
-            .arg(window);
+            .arg(window)
+            .arg(self.seen_epoch)
+            .arg(self.fresh_ms);
         let reply =
             match Self::connect(&mut self.conn, &self.client, self.io_timeout).and_then(|conn| {
                 invocation
@@ -208,11 +228,21 @@ impl Ledger {
                 Err(e) => {
                     // Reconnect next time: the connection may be half-broken (timeout mid-reply).
                     self.conn = None;
-                    return Err(e);
+                    return Err(redact(&self.config, e));
                 }
             };
         self.commands += 1;
-        parse_claim(&reply)
+        let claim = parse_claim(&reply)?;
+        self.seen_epoch = claim.epoch;
+        Ok(claim)
+    }
+}
+
+/// `e` with the URL's secrets taken out of its message ([`GlobalConfig::redact`]).
+fn redact(config: &GlobalConfig, e: LedgerError) -> LedgerError {
+    match e {
+        LedgerError::Redis(m) => LedgerError::Redis(config.redact(&m)),
+        LedgerError::BadReply(m) => LedgerError::BadReply(config.redact(&m)),
     }
 }
 
@@ -239,9 +269,9 @@ fn parse_claim(reply: &Value) -> Result<Claim, LedgerError> {
             "claim reply is not an array: {reply:?}"
         )));
     };
-    if items.len() < 4 || (items.len() - 4) % 3 != 0 {
+    if items.len() < 5 || (items.len() - 5) % 3 != 0 {
         return Err(LedgerError::BadReply(format!(
-            "claim reply has {} items, expected 4 + 3n",
+            "claim reply has {} items, expected 5 + 3n",
             items.len()
         )));
     }
@@ -259,8 +289,12 @@ fn parse_claim(reply: &Value) -> Result<Claim, LedgerError> {
     };
     let in_grace = flag(2, "grace")?;
     let in_demand = flag(3, "demand")?;
-    let mut parts = Vec::with_capacity((items.len() - 4) / 3);
-    for part in items[4..].chunks_exact(3) {
+    let epoch = int(&items[4])
+        .and_then(|i| u64::try_from(i).ok())
+        .filter(|&e| e > 0)
+        .ok_or_else(|| LedgerError::BadReply(format!("epoch: {:?}", items[4])))?;
+    let mut parts = Vec::with_capacity((items.len() - 5) / 3);
+    for part in items[5..].chunks_exact(3) {
         let instance = match &part[0] {
             Value::BulkString(b) => String::from_utf8(b.clone())
                 .map_err(|_| LedgerError::BadReply("instance id is not UTF-8".to_owned()))?,
@@ -278,6 +312,7 @@ fn parse_claim(reply: &Value) -> Result<Claim, LedgerError> {
         server_ms,
         in_grace,
         in_demand,
+        epoch,
         parts,
     })
 }
@@ -297,6 +332,7 @@ mod tests {
             Value::Int(1_700_000_000_000),
             Value::Int(0),
             Value::Int(1),
+            Value::Int(1_600_000_000_000),
             bulk("b"),
             Value::Int(2),
             Value::Int(1),
@@ -308,6 +344,7 @@ mod tests {
         assert_eq!(c.granted, 3);
         assert!(!c.in_grace);
         assert!(c.in_demand);
+        assert_eq!(c.epoch, 1_600_000_000_000);
         assert_eq!(c.parts[0].instance, "a");
         assert_eq!(c.parts[1].share, 2);
     }

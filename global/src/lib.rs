@@ -9,9 +9,11 @@
 //!   teardown hook) loses its shares by itself within `lease_ttl_ms`.
 //! - **Reconciliation**: every `refresh_ms` each instance writes its absolute live count and the
 //!   share it wants, so a lost message heals itself.
-//! - **Restarts of Redis**: a pod new to Redis is in *grace* for `restart_grace_ms`
+//! - **Restarts of Redis**: when the ledger shows a possible loss (an instance that saw an
+//!   earlier ledger epoch finds it gone), every pod is in *grace* for `restart_grace_ms`
 //!   (default: the lease ttl), during which instances may only reclaim what they hold, so
-//!   capacity held before the restart is never handed out twice.
+//!   capacity held before the restart is never handed out twice. A fresh ledger gets only a
+//!   short window (one refresh plus one claim timeout), a pod new to an existing ledger none.
 //! - **Fail modes** while Redis is unreachable: see [`FailMode`].
 //!
 //! The invariant: for every pod, the connections admitted by all instances together never
@@ -21,7 +23,8 @@
 //! still reach for longer than the lease ttl (its live connections cannot be recalled), and a
 //! limit lowered below what is live.
 //!
-//! Every script touches one key, `wscap:{<cluster>/<ip:port>}`, so it runs on Redis Cluster.
+//! Each claim touches the pod's key, `wscap:{<cluster>/<ip:port>}`, and the fleet record
+//! `wscap:fleet`: one Redis (with replicas) runs it atomically; Redis Cluster is not supported.
 #![forbid(unsafe_code)]
 
 mod config;

@@ -75,6 +75,8 @@ struct GlobalReported {
     /// Per `(cluster, host)`: `(share, fleet live)`.
     pods: HashMap<(String, String), (u64, u64)>,
     claim_errors: u64,
+    /// Coordinator rounds that panicked, as last logged.
+    panics: u64,
     started: bool,
 }
 
@@ -170,6 +172,18 @@ impl Bootstrap {
                 sink.add_counter(id, &[], errors - last.claim_errors);
             }
             last.claim_errors = errors;
+        }
+        if report.view.panics > last.panics {
+            // A bug in the coordinator: caught, the thread lives on; say so in Envoy's log.
+            crate::log(
+                crate::Level::Error,
+                &format!(
+                    "wscap: global mode: {} coordinator round(s) panicked and were recovered from: {}",
+                    report.view.panics - last.panics,
+                    report.view.last_error.as_deref().unwrap_or("")
+                ),
+            );
+            last.panics = report.view.panics;
         }
         let mut now: HashMap<(String, String), (u64, u64)> = HashMap::new();
         for p in &report.view.pods {

@@ -418,4 +418,26 @@ mod tests {
         assert!(err(r#"{"redis_url":"redis://h","bogus":1}"#).contains("unknown field `bogus`"));
         assert!(err(r#"{"redis_url":7}"#).contains("invalid type"));
     }
+
+    /// Break #9: no refusal of a global-mode config ever shows the password in `redis_url`.
+    #[test]
+    fn bootstrap_refusals_never_show_the_redis_password() {
+        for json in [
+            r#"{"redis_url":"http://app:hunter2-pw@10.0.0.1:6379"}"#,
+            r#"{"redis_url":"redis:/:hunter2-pw@10.0.0.1:6379"}"#,
+            r#"{"redis_url":":hunter2-pw@10.0.0.1:6379"}"#,
+            r#"{"redis_url":"redis://:hunter2-pw@h","refresh_ms":9000}"#,
+            r#"{"redis_url":"redis://:hunter2-pw@h","fail_mode":"local_limit"}"#,
+            r#"{"redis_url":"redis://:hunter2-pw@h","tls_ca_file":"/etc/hostname"}"#,
+            r#"{"redis_url":"rediss://:hunter2-pw@h","tls_ca_file":"/nonexistent.pem"}"#,
+            r#"{"redis_url":"redis://:hunter2-pw@h","lease_ttl_ms":"x"}"#,
+            r#"{"redis_url":"redis://:hunter2-pw@h","bogus":1}"#,
+        ] {
+            let e = parse_bootstrap(json.as_bytes()).unwrap_err();
+            assert!(!e.contains("hunter2"), "{json}: {e}");
+        }
+        let e =
+            parse_bootstrap(br#"{"redis_url":"http://app:hunter2-pw@10.0.0.1:6379"}"#).unwrap_err();
+        assert!(e.contains("http://***@10.0.0.1:6379"), "{e}");
+    }
 }

@@ -1096,6 +1096,15 @@ fn bad_global_config_is_refused_at_load() {
             r#"{"redis_url":"http://x"}"#,
             "redis_url must start with redis://",
         ),
+        // Break #9: the URL is shown without its user info, never with the password.
+        (
+            r#"{"redis_url":"http://app:hunter2-secret@127.0.0.1:1"}"#,
+            "redis_url must start with redis:// or rediss://, got \"http://***@127.0.0.1:1\"",
+        ),
+        (
+            r#"{"redis_url":"redis://:hunter2-secret@127.0.0.1:1","lease_ttl_ms":1000,"refresh_ms":900}"#,
+            "refresh_ms must be at least 10",
+        ),
         (r#"{"lease_ttl_ms":1500}"#, "need \"redis_url\""),
         (
             r#"{"redis_url":"redis://127.0.0.1:1","fail_mode":"local_limit"}"#,
@@ -1129,6 +1138,10 @@ fn bad_global_config_is_refused_at_load() {
             log.contains("wscap: bootstrap extension config \"wscap\" refused")
                 && log.contains(why),
             "{json}: expected {why:?} in the log:\n{log}"
+        );
+        assert!(
+            !log.contains("hunter2"),
+            "{json}: the password is in Envoy's log:\n{log}"
         );
     }
 }
@@ -1167,7 +1180,7 @@ async fn examples_run_as_written() {
         ports.push(envoy.listener_port(example::EXAMPLE_LISTENER).await);
         envoys.push(envoy);
     }
-    // The files' restart grace is their lease ttl (3 s): wait until the fleet grants it all.
+    // A fresh ledger: its short grace (about 1.5 refresh intervals), then the fleet grants it all.
     let want: usize = example::EXAMPLE_LIMITS.iter().sum();
     let mut open: Vec<WsClient> = Vec::new();
     let start = Instant::now();

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use wscap_core::{HostSpec, Registry};
 use wscap_global::{Coordinator, FailMode, GlobalConfig};
+#[allow(unused_imports)]
 pub use wscap_testkit::{eventually, RedisServer};
 
 /// Restart grace in these tests: a pod new to Redis admits nothing beyond what instances

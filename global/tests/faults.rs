@@ -1,0 +1,206 @@
+//! Faults inside an instance, against a real redis-server: a coordinator round that panics, and
+//! a pod that leaves and comes back. Connections are counted by the holders themselves.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use wscap_core::HostSpec;
+use wscap_global::{BorrowOutcome, FailMode};
+
+const LIMIT: u32 = 10;
+
+/// `n` instances that see every pod, once their restart grace (if any) is over.
+/// `headroom` 0 makes every admission beyond the live count a borrow that claims.
+fn instances(redis: &RedisServer, n: usize, headroom: u32) -> Vec<Instance> {
+    let insts: Vec<_> = (0..n)
+        .map(|i| {
+            let mut c = config(&redis.url(), &format!("envoy-{i}"), FailMode::KeepShare);
+            c.headroom = headroom;
+            Instance::start(c, LIMIT)
+        })
+        .collect();
+    assert!(eventually(Duration::from_secs(5), || insts
+        .iter()
+        .all(|i| i.coordinator().fleet_view().pods.len() == PODS.len())));
+    std::thread::sleep(Duration::from_millis(GRACE_MS + 200));
+    insts
+}
+
+/// Samples the fleet count until stopped; returns the highest per-pod count seen.
+fn sampler(fleet: Arc<FleetCount>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u32> {
+    std::thread::spawn(move || {
+        let mut max = 0;
+        while !stop.load(Ordering::Relaxed) {
+            max = max.max(fleet.max());
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        max.max(fleet.max())
+    })
+}
+
+/// Admits round robin over `insts` until `n` are held or nothing was admitted for a while.
+fn fill(insts: &[&Instance], fleet: &Arc<FleetCount>, held: &mut Vec<Held>, n: usize) {
+    let mut last = Instant::now();
+    let mut i = 0;
+    while held.len() < n && last.elapsed() < Duration::from_secs(2) {
+        match insts[i % insts.len()].admit() {
+            Some(p) => {
+                held.push(fleet.hold(p));
+                last = Instant::now();
+            }
+            None => std::thread::sleep(Duration::from_millis(10)),
+        }
+        i += 1;
+    }
+}
+
+/// Break #8: a panic in a coordinator round must not end the thread. Rounds go on, the borrow
+/// that was waiting when its round panicked is answered `unavailable`, the panics are counted in
+/// the fleet view, and afterwards the fleet admits exactly its limit again.
+#[test]
+fn a_panicking_round_is_survived_and_waiting_borrows_are_answered() {
+    let redis = RedisServer::start();
+    let insts = instances(&redis, 2, 0);
+    let a = &insts[0];
+    const PANICS: u64 = 4;
+    a.coordinator().inject_round_panics(PANICS);
+    // With no spare share, a borrow's round claims, and the grant panics.
+    let (tx, rx) = std::sync::mpsc::channel();
+    a.coordinator().request_borrow("pods", move |o| {
+        let _ = tx.send(o);
+    });
+    let outcome = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the borrow was answered although its round panicked");
+    assert_eq!(outcome, BorrowOutcome::Unavailable);
+    // Later rounds still run (refresh rounds use up the remaining injected panics).
+    assert!(
+        eventually(Duration::from_secs(5), || a
+            .coordinator()
+            .fleet_view()
+            .panics
+            == PANICS),
+        "{:?}",
+        a.coordinator().fleet_view()
+    );
+    let v = a.coordinator().fleet_view();
+    assert!(
+        v.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("coordinator round panicked: injected fault")),
+        "{v:?}"
+    );
+    // Then the fleet is whole and exact: both instances together admit exactly 3 x LIMIT.
+    let fleet = Arc::new(FleetCount::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let sample = sampler(fleet.clone(), stop.clone());
+    let mut held = Vec::new();
+    fill(&[&insts[0], &insts[1]], &fleet, &mut held, 100);
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(
+        held.len(),
+        3 * LIMIT as usize,
+        "the whole capacity, exactly"
+    );
+    assert!(
+        sample.join().unwrap() <= LIMIT,
+        "a pod went above its limit"
+    );
+    // And the instance that panicked keeps refreshing: its view follows the live counts.
+    assert!(eventually(Duration::from_secs(3), || {
+        let v = a.coordinator().fleet_view();
+        v.redis_ok && v.pods.iter().all(|p| p.live == LIMIT)
+    }));
+    drop(held);
+    assert!(eventually(Duration::from_secs(3), || {
+        a.coordinator()
+            .fleet_view()
+            .pods
+            .iter()
+            .all(|p| p.live == 0)
+    }));
+}
+
+/// Break #1: a pod that leaves and comes back (a flap, or its IP reused by a new pod) must not
+/// admit under the cap its earlier incarnation had, with no share in the ledger. Instance A
+/// holds 6 connections (its cap is at least 6), they close and the pod leaves at once; while it
+/// is gone, instance B takes the whole limit; when the pod comes back, A admits nothing (the
+/// ledger has no room) until B gives some back, and then A is granted again.
+#[test]
+fn a_pod_that_leaves_and_returns_admits_only_what_the_ledger_grants() {
+    let redis = RedisServer::start();
+    let insts = instances(&redis, 2, 2);
+    let (a, b) = (&insts[0], &insts[1]);
+    let pod = HostSpec::parse(PODS[0]).unwrap();
+    for i in &insts {
+        i.registry
+            .cluster("pods")
+            .unwrap()
+            .set_hosts(std::slice::from_ref(&pod));
+    }
+    assert!(eventually(Duration::from_secs(3), || insts
+        .iter()
+        .all(|i| i.coordinator().fleet_view().pods.len() == 1)));
+    let fleet = Arc::new(FleetCount::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let sample = sampler(fleet.clone(), stop.clone());
+
+    let mut on_a = Vec::new();
+    fill(&[a], &fleet, &mut on_a, 6);
+    assert_eq!(on_a.len(), 6);
+    let cluster_a = a.registry.cluster("pods").unwrap();
+    assert!(cluster_a.host(&pod.addr).unwrap().limit() >= 6);
+    // The connections close and the pod leaves in the same instant (no refresh in between to
+    // lower A's cap): it is removed outright.
+    drop(on_a);
+    assert_eq!(cluster_a.set_hosts(&[]).removed, 1);
+    assert!(eventually(Duration::from_secs(3), || a
+        .coordinator()
+        .fleet_view()
+        .pods
+        .is_empty()));
+    // Meanwhile B takes the whole limit.
+    let mut on_b = Vec::new();
+    fill(&[b], &fleet, &mut on_b, 100);
+    assert_eq!(on_b.len(), LIMIT as usize, "B holds the whole limit");
+
+    // The pod comes back on A: for several refresh rounds, A admits nothing, neither locally
+    // nor after a borrow.
+    assert_eq!(cluster_a.set_hosts(std::slice::from_ref(&pod)).added, 1);
+    let mut on_a = Vec::new();
+    let until = Instant::now() + Duration::from_millis(800);
+    while Instant::now() < until {
+        if let Ok(p) = a.registry.acquire("pods") {
+            on_a.push(fleet.hold(p));
+        }
+        if let Some(p) = a.admit() {
+            on_a.push(fleet.hold(p));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let max = sample.join().unwrap();
+    assert_eq!(
+        on_a.len(),
+        0,
+        "A admitted on the returning pod with no share in the ledger (pod peak {max})"
+    );
+    assert!(max <= LIMIT, "the pod held {max}, limit {LIMIT}");
+
+    // B lets 4 go: A is granted again, exactly that much.
+    on_b.truncate(6);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while on_a.len() < 4 && Instant::now() < deadline {
+        match a.admit() {
+            Some(p) => on_a.push(fleet.hold(p)),
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    assert_eq!(on_a.len(), 4, "A is granted again once B gave room back");
+    assert!(a.admit().is_none(), "and no more than the limit");
+    assert_eq!(fleet.max(), LIMIT);
+}
