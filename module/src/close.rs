@@ -29,7 +29,7 @@ use crate::bootstrap::GaugeSink;
 use crate::filter::{MetricId, Resume, ResumeSlot};
 
 /// The event id of a chosen close; the global-mode borrow outcomes use `1..=3`.
-pub const CLOSE_EVENT: u64 = 0x7773_636c_6f73_65; // "wsclose"
+pub const CLOSE_EVENT: u64 = 0x0077_7363_6c6f_7365; // "wsclose"
 
 /// The `reason` label of closes made by a rebalance.
 pub const REASON_REBALANCE: &str = "rebalance";
@@ -370,7 +370,7 @@ pub fn drains_json(now: Instant) -> serde_json::Value {
             })
         })
         .collect();
-    out.sort_by(|a, b| a.to_string().cmp(&b.to_string()));
+    out.sort_by_key(ToString::to_string);
     serde_json::Value::Array(out)
 }
 

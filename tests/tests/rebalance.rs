@@ -9,7 +9,8 @@
 //! - off by default: with no setting, wscap never closes a connection (over a churn run).
 //!
 //! `WSCAP_PLOT_DIR=dir` makes the rebalance test write the per-pod counts over time as CSV there
-//! (`rebalance.csv`; `cargo run -p wscap-bench --bin rebalance-plot` draws the PNG).
+//! (`rebalance.csv`; `cargo run -p wscap-bench -- --plot-rebalance DIR/rebalance.csv
+//! docs/plots/rebalance.png` draws the PNG).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -212,6 +213,9 @@ async fn wait_counts(what: &str, pods: &[&Backend], want: &[usize], deadline: Du
     .await;
 }
 
+/// `(seconds since sampling began, live count per pod)`.
+type Sample = (f64, [usize; 3]);
+
 const LIMIT: u32 = 10;
 const RATE: u32 = 3;
 const TOLERANCE: f64 = 0.2;
@@ -239,12 +243,12 @@ async fn rebalance_after_scale_out_converges_within_rate_and_limits() {
 
     // Per-pod counts over time, for the plot (every 100 ms, as the pods count themselves).
     let sampling = Arc::new(AtomicBool::new(true));
-    let samples: Arc<Mutex<Vec<(f64, [usize; 3])>>> = Arc::default();
+    let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
+    let t0 = Instant::now();
     let sampler = {
         let (sampling, samples) = (Arc::clone(&sampling), Arc::clone(&samples));
         let pods = [Arc::clone(&a), Arc::clone(&b), Arc::clone(&c)];
         tokio::spawn(async move {
-            let t0 = Instant::now();
             while sampling.load(Ordering::Relaxed) {
                 let n = [pods[0].active(), pods[1].active(), pods[2].active()];
                 samples
@@ -259,6 +263,7 @@ async fn rebalance_after_scale_out_converges_within_rate_and_limits() {
 
     // Scale out: pod-c joins.
     let added = fleet.elapsed();
+    let added_plot = t0.elapsed().as_secs_f64();
     rig.publish(&[
         Endpoint::new(a.addr),
         Endpoint::new(b.addr),
@@ -340,7 +345,7 @@ async fn rebalance_after_scale_out_converges_within_rate_and_limits() {
         let dir = PathBuf::from(dir);
         std::fs::create_dir_all(&dir).unwrap();
         let mut csv = format!(
-            "# rebalance: R={RATE}/s tolerance={TOLERANCE} limit={LIMIT}; pod-c added at t=0.5s\nt_seconds,pod_a,pod_b,pod_c\n"
+            "# R = {RATE}/s, tolerance {TOLERANCE}, limit {LIMIT}, 20 clients\n#mark,{added_plot:.2},pod-c added (EDS)\nt_seconds,pod_a,pod_b,pod_c\n"
         );
         for (t, n) in samples.lock().unwrap().iter() {
             csv.push_str(&format!("{t:.2},{},{},{}\n", n[0], n[1], n[2]));
