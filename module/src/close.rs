@@ -163,6 +163,76 @@ struct State {
     drains: HashMap<(String, String), Drain>,
     /// Per cluster: when its recent rebalance closes were committed.
     recent: HashMap<String, Vec<Instant>>,
+    /// Global mode, per cluster: when this instance last closed for a rebalance.
+    last_global_close: HashMap<String, Instant>,
+}
+
+/// Global mode: the fleet's live counts, from the coordinator's view.
+#[derive(Debug, Clone, Default)]
+pub struct FleetCounts {
+    /// This instance's id.
+    pub me: String,
+    /// Per `(cluster, address)`: each live instance's `(id, live)`.
+    pub pods: HashMap<(String, String), Vec<(String, u32)>>,
+    /// How long to wait after a close before the next round on the cluster, so that the other
+    /// instances' counts in the view catch up (two refresh rounds).
+    pub cooldown: Duration,
+}
+
+impl FleetCounts {
+    /// From the coordinator's view (`None` when its last round did not reach Redis: then this
+    /// instance does not rebalance).
+    pub fn from_view(view: &wscap_global::FleetView, refresh: Duration) -> Option<FleetCounts> {
+        if !view.redis_ok {
+            return None;
+        }
+        Some(FleetCounts {
+            me: view.instance.clone(),
+            pods: view
+                .pods
+                .iter()
+                .map(|p| {
+                    (
+                        (p.cluster.clone(), p.address.clone()),
+                        p.instances
+                            .iter()
+                            .map(|i| (i.instance.clone(), i.live))
+                            .collect(),
+                    )
+                })
+                .collect(),
+            cooldown: refresh * 2,
+        })
+    }
+}
+
+/// Global mode: this instance's part of a pod's `excess`, given every instance's live count on
+/// it (`parts`): proportional to its live count, rounded down, and the remainder to the largest
+/// holder (ties: the smallest id), so that the parts add up to `excess` exactly.
+///
+/// ```
+/// use wscap::close::my_part;
+/// let parts = [("a".to_owned(), 6), ("b".to_owned(), 4)];
+/// assert_eq!(my_part(3, &parts, "a"), 2);
+/// assert_eq!(my_part(3, &parts, "b"), 1);
+/// ```
+pub fn my_part(excess: usize, parts: &[(String, u32)], me: &str) -> usize {
+    let total: u64 = parts.iter().map(|p| u64::from(p.1)).sum();
+    if total == 0 {
+        return 0;
+    }
+    let floor = |live: u32| usize::try_from(excess as u64 * u64::from(live) / total).unwrap_or(0);
+    let given: usize = parts.iter().map(|p| floor(p.1)).sum();
+    let largest = parts
+        .iter()
+        .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
+        .map(|p| p.0.as_str());
+    let mine = parts.iter().find(|p| p.0 == me).map_or(0, |p| floor(p.1));
+    if largest == Some(me) {
+        mine + excess.saturating_sub(given)
+    } else {
+        mine
+    }
 }
 
 static STATE: LazyLock<Mutex<State>> = LazyLock::new(Mutex::default);
@@ -399,6 +469,7 @@ pub fn with_drains(snapshot_json: String) -> String {
 /// them. Returns the closes committed per `(cluster, reason)`.
 pub fn tick(
     snapshot: &Snapshot,
+    fleet: Option<&FleetCounts>,
     now: Instant,
     metrics: &CloseMetrics,
     sink: &impl GaugeSink,
@@ -470,26 +541,87 @@ pub fn tick(
             continue;
         };
         let draining = |addr: &str| s.drains.contains_key(&(c.name.clone(), addr.to_owned()));
-        let pods: Vec<(&str, u32, u32)> = c
+        let hosts: Vec<_> = c
             .hosts
             .iter()
             .filter(|h| h.state == HostState::Active && h.limit > 0 && !draining(&h.address))
-            .map(|h| (h.address.as_str(), h.active, h.limit))
             .collect();
-        let plan = rebalance_plan(&pods, r.tolerance);
+        // The budget: at most `budget` closes in any window of `window`.
+        let (plan, window, budget): (Vec<(String, usize)>, Duration, usize) = match fleet {
+            None => {
+                let pods: Vec<(&str, u32, u32)> = hosts
+                    .iter()
+                    .map(|h| (h.address.as_str(), h.active, h.limit))
+                    .collect();
+                let plan = rebalance_plan(&pods, r.tolerance)
+                    .into_iter()
+                    .map(|(a, n)| (a.to_owned(), n))
+                    .collect();
+                (
+                    plan,
+                    Duration::from_secs(1),
+                    r.max_closes_per_second as usize,
+                )
+            }
+            Some(f) => {
+                if s.last_global_close
+                    .get(&c.name)
+                    .is_some_and(|t| now.saturating_duration_since(*t) < f.cooldown)
+                {
+                    continue;
+                }
+                // Every instance's count from the view, this instance's own as it is now.
+                let mut parts: Vec<Vec<(String, u32)>> = Vec::new();
+                let mut instances: std::collections::HashSet<String> =
+                    std::collections::HashSet::new();
+                for h in &hosts {
+                    let key = (c.name.clone(), h.address.clone());
+                    let mine =
+                        u32::try_from(s.live.get(&key).map_or(0, Vec::len)).unwrap_or(u32::MAX);
+                    let mut p: Vec<(String, u32)> = f
+                        .pods
+                        .get(&key)
+                        .map(|v| v.iter().filter(|(id, _)| *id != f.me).cloned().collect())
+                        .unwrap_or_default();
+                    p.push((f.me.clone(), mine));
+                    instances.extend(p.iter().map(|(id, _)| id.clone()));
+                    parts.push(p);
+                }
+                let pods: Vec<(&str, u32, u32)> = hosts
+                    .iter()
+                    .zip(&parts)
+                    .map(|(h, p)| (h.address.as_str(), p.iter().map(|x| x.1).sum(), h.limit))
+                    .collect();
+                let plan = rebalance_plan(&pods, r.tolerance)
+                    .into_iter()
+                    .filter_map(|(addr, excess)| {
+                        let i = hosts.iter().position(|h| h.address == addr)?;
+                        let n = my_part(excess, &parts[i], &f.me);
+                        (n > 0).then(|| (addr.to_owned(), n))
+                    })
+                    .collect();
+                // This instance's part of R: R/n per second, or one close per n/R seconds.
+                let n = instances.len().max(1);
+                let rate = r.max_closes_per_second as usize;
+                if rate >= n {
+                    (plan, Duration::from_secs(1), rate / n)
+                } else {
+                    (plan, Duration::from_secs(n.div_ceil(rate) as u64), 1)
+                }
+            }
+        };
         if plan.is_empty() {
             continue;
         }
-        let window = Duration::from_secs(1);
         let recent = s.recent.entry(c.name.clone()).or_default();
         recent.retain(|t| now.saturating_duration_since(*t) < window);
-        let mut budget = (r.max_closes_per_second as usize).saturating_sub(recent.len());
+        let mut budget = budget.saturating_sub(recent.len());
         let mut slots = Vec::new();
         for (addr, excess) in plan {
             if budget == 0 {
                 break;
             }
-            let key = (c.name.clone(), addr.to_owned());
+            let key = (c.name.clone(), addr);
             let taken = take_oldest(&mut s, &key, excess.min(budget));
             budget -= taken.len();
             slots.extend(taken);
@@ -497,6 +629,9 @@ pub fn tick(
         if !slots.is_empty() {
             let recent = s.recent.entry(c.name.clone()).or_default();
             recent.extend(std::iter::repeat_n(now, slots.len()));
+            if fleet.is_some() {
+                s.last_global_close.insert(c.name.clone(), now);
+            }
             done.push((c.name.clone(), REASON_REBALANCE, slots));
         }
     }

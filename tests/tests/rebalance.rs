@@ -23,114 +23,12 @@ use wscap_e2e::backend::Backend;
 use wscap_e2e::client::{connect, Outcome};
 use wscap_e2e::config::{self, Endpoint, ListenerSpec};
 use wscap_e2e::envoy::{Envoy, Opts};
+use wscap_e2e::reconnect::Fleet;
 use wscap_e2e::rig::{CLUSTER, LISTENER};
 use wscap_e2e::{eventually, http, metrics, write_atomic, SETTLE};
 
 const PROM_CLOSED: &str = "envoy_dynamicmodulescustom_wscap_closed";
 const PROM_DRAINS: &str = "envoy_dynamicmodulescustom_wscap_drains_in_progress";
-
-/// What one reconnecting client saw.
-#[derive(Debug, Clone)]
-struct Seen {
-    /// `(time since start, backend)` of every open.
-    opens: Vec<(Duration, String)>,
-    /// `(time since start, backend, what ended it)` of every close by the server side.
-    closes: Vec<(Duration, String, String)>,
-}
-
-/// Clients that reconnect as soon as they are closed (refusals: retry after 100 ms).
-struct Fleet {
-    seen: Vec<Arc<Mutex<Seen>>>,
-    stop: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    start: Instant,
-}
-
-impl Fleet {
-    fn start(port: u16, n: usize, start: Instant) -> Fleet {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut seen = Vec::new();
-        let mut tasks = Vec::new();
-        for _ in 0..n {
-            let s = Arc::new(Mutex::new(Seen {
-                opens: Vec::new(),
-                closes: Vec::new(),
-            }));
-            seen.push(Arc::clone(&s));
-            let stop = Arc::clone(&stop);
-            tasks.push(tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    match connect(port, "/ws").await {
-                        Outcome::Open(mut c) => {
-                            s.lock()
-                                .unwrap()
-                                .opens
-                                .push((start.elapsed(), c.backend.clone()));
-                            loop {
-                                if stop.load(Ordering::Relaxed) {
-                                    c.close().await;
-                                    return;
-                                }
-                                if let Ok(what) = c.wait_closed(Duration::from_millis(200)).await {
-                                    s.lock().unwrap().closes.push((
-                                        start.elapsed(),
-                                        c.backend.clone(),
-                                        what,
-                                    ));
-                                    break;
-                                }
-                            }
-                        }
-                        _ => tokio::time::sleep(Duration::from_millis(100)).await,
-                    }
-                }
-            }));
-        }
-        Fleet {
-            seen,
-            stop,
-            tasks,
-            start,
-        }
-    }
-
-    fn snapshot(&self) -> Vec<Seen> {
-        self.seen
-            .iter()
-            .map(|s| s.lock().unwrap().clone())
-            .collect()
-    }
-
-    fn closes(&self) -> Vec<(Duration, String, String)> {
-        let mut all: Vec<_> = self.snapshot().into_iter().flat_map(|s| s.closes).collect();
-        all.sort_by_key(|c| c.0);
-        all
-    }
-
-    async fn stop(self) -> Vec<Seen> {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
-            let _ = t.await;
-        }
-        self.seen
-            .iter()
-            .map(|s| s.lock().unwrap().clone())
-            .collect()
-    }
-
-    /// The most closes the clients saw in one whole second (counted from the fleet's start).
-    fn max_closes_per_second(&self) -> usize {
-        let mut per: HashMap<u64, usize> = HashMap::new();
-        for (t, _, _) in self.closes() {
-            *per.entry(t.as_secs()).or_default() += 1;
-        }
-        per.values().copied().max().unwrap_or(0)
-    }
-
-    fn elapsed(&self) -> Duration {
-        self.start.elapsed()
-    }
-}
 
 struct Rig {
     envoy: Envoy,

@@ -322,7 +322,19 @@ pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_timer_fired(
             let sink = EnvoyBootstrapConfig(config_envoy);
             let snapshot = REGISTRY.snapshot();
             cfg.state.refresh(&snapshot, &sink);
-            crate::close::tick(&snapshot, std::time::Instant::now(), &cfg.closing, &sink);
+            let fleet = crate::global::coordinator().and_then(|c| {
+                crate::close::FleetCounts::from_view(
+                    &c.fleet_view(),
+                    std::time::Duration::from_millis(crate::global::refresh_ms()),
+                )
+            });
+            crate::close::tick(
+                &snapshot,
+                fleet.as_ref(),
+                std::time::Instant::now(),
+                &cfg.closing,
+                &sink,
+            );
             if let Some(c) = crate::global::coordinator() {
                 let report = GlobalReport {
                     view: c.fleet_view(),
