@@ -201,7 +201,7 @@ impl FleetCounts {
                     )
                 })
                 .collect(),
-            cooldown: refresh * 2,
+            cooldown: refresh * 5,
         })
     }
 }
@@ -592,7 +592,7 @@ pub fn tick(
                     .zip(&parts)
                     .map(|(h, p)| (h.address.as_str(), p.iter().map(|x| x.1).sum(), h.limit))
                     .collect();
-                let plan = rebalance_plan(&pods, r.tolerance)
+                let plan: Vec<(String, usize)> = rebalance_plan(&pods, r.tolerance)
                     .into_iter()
                     .filter_map(|(addr, excess)| {
                         let i = hosts.iter().position(|h| h.address == addr)?;
@@ -600,6 +600,19 @@ pub fn tick(
                         (n > 0).then(|| (addr.to_owned(), n))
                     })
                     .collect();
+                // A closed client must find room elsewhere through this instance: some pod under
+                // the mean fill where this instance's cap (its share) is above its live count.
+                // Otherwise it would be admitted again where it was, so nothing is closed.
+                #[allow(clippy::cast_precision_loss)]
+                let mean = pods.iter().map(|p| f64::from(p.1)).sum::<f64>()
+                    / pods.iter().map(|p| f64::from(p.2)).sum::<f64>().max(1.0);
+                let room = hosts.iter().zip(&pods).any(|(h, p)| {
+                    f64::from(p.1) < mean * f64::from(p.2)
+                        && h.cap.unwrap_or(h.limit).min(h.limit) > h.active
+                });
+                if !room {
+                    continue;
+                }
                 // This instance's part of R: R/n per second, or one close per n/R seconds.
                 let n = instances.len().max(1);
                 let rate = r.max_closes_per_second as usize;

@@ -99,21 +99,33 @@ async fn global_rebalance_keeps_the_fleet_within_r() {
     .await;
     let converged = start.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut closes: Vec<_> = fleets.iter().flat_map(Fleet::closes).collect();
-    closes.sort_by_key(|c| c.0);
+    // What the instances counted is what the clients saw (read when both agree: a close
+    // committed at this moment reaches its client a moment later).
+    let (closes, per_instance) = eventually("wscap_closed = closes seen", SETTLE, || async {
+        let mut closes: Vec<_> = fleets.iter().flat_map(Fleet::closes).collect();
+        closes.sort_by_key(|c| c.0);
+        let mut per_instance = Vec::new();
+        for e in &envoys {
+            per_instance.push(
+                metrics::value(
+                    &e.prometheus().await,
+                    PROM_CLOSED,
+                    &[("cluster", CLUSTER), ("reason", "rebalance")],
+                )
+                .unwrap_or(0.0),
+            );
+        }
+        let sum: f64 = per_instance.iter().sum();
+        (sum == closes.len() as f64)
+            .then(|| (closes.clone(), per_instance.clone()))
+            .ok_or(format!(
+                "wscap_closed {per_instance:?}, clients saw {}",
+                closes.len()
+            ))
+    })
+    .await;
     for f in fleets {
         f.stop().await;
-    }
-    let mut per_instance = Vec::new();
-    for e in &envoys {
-        per_instance.push(
-            metrics::value(
-                &e.prometheus().await,
-                PROM_CLOSED,
-                &[("cluster", CLUSTER), ("reason", "rebalance")],
-            )
-            .unwrap_or(0.0),
-        );
     }
     let worst = max_per_second(&closes);
     println!(
@@ -143,11 +155,6 @@ async fn global_rebalance_keeps_the_fleet_within_r() {
             p.max_seen()
         );
     }
-    assert_eq!(
-        per_instance.iter().sum::<f64>(),
-        closes.len() as f64,
-        "wscap_closed summed over the instances"
-    );
     for mut e in envoys {
         e.assert_running();
     }
