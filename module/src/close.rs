@@ -18,7 +18,7 @@
 //!   seconds. `"drain_removed_seconds": S` in the filter config does the same for a pod that
 //!   leaves the cluster (EDS) while it still holds connections.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -137,7 +137,8 @@ fn seconds_field(name: &str, s: f64) -> Result<u32, String> {
 
 /// One live upgraded stream.
 struct Live {
-    id: u64,
+    cluster: Box<str>,
+    host: Box<str>,
     slot: ResumeSlot,
 }
 
@@ -156,8 +157,9 @@ struct Drain {
 #[derive(Default)]
 struct State {
     next_id: u64,
-    /// Per `(cluster, host)`, oldest first.
-    live: HashMap<(String, String), Vec<Live>>,
+    /// Every registered stream by id: ids grow, so the first is the oldest. (No hashing on the
+    /// handshake path: a registration is one insert, a stream's end one removal.)
+    live: BTreeMap<u64, Live>,
     /// Per cluster (`None`: every cluster without its own).
     policies: HashMap<Option<String>, ClosePolicy>,
     drains: HashMap<(String, String), Drain>,
@@ -237,6 +239,29 @@ pub fn my_part(excess: usize, parts: &[(String, u32)], me: &str) -> usize {
 
 static STATE: LazyLock<Mutex<State>> = LazyLock::new(Mutex::default);
 
+impl State {
+    /// Live registered streams per `(cluster, host)` (one pass).
+    fn counts(&self) -> HashMap<(String, String), usize> {
+        // Nested by cluster then host, looked up by `&str`: an allocation per host, not per stream.
+        let mut nested: HashMap<&str, HashMap<&str, usize>> = HashMap::new();
+        for l in self.live.values() {
+            *nested
+                .entry(&l.cluster)
+                .or_default()
+                .entry(&l.host)
+                .or_default() += 1;
+        }
+        nested
+            .into_iter()
+            .flat_map(|(c, hosts)| {
+                hosts
+                    .into_iter()
+                    .map(move |(h, n)| ((c.to_owned(), h.to_owned()), n))
+            })
+            .collect()
+    }
+}
+
 fn state() -> std::sync::MutexGuard<'static, State> {
     STATE.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -254,7 +279,6 @@ pub fn set_policy(cluster: Option<&str>, policy: ClosePolicy) {
 /// A stream's place in the registry: dropping it (with the filter) removes the stream and deletes
 /// its scheduler.
 pub struct Registration {
-    key: (String, String),
     id: u64,
     slot: ResumeSlot,
 }
@@ -262,8 +286,6 @@ pub struct Registration {
 impl std::fmt::Debug for Registration {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registration")
-            .field("cluster", &self.key.0)
-            .field("host", &self.key.1)
             .field("id", &self.id)
             .finish()
     }
@@ -272,30 +294,23 @@ impl std::fmt::Debug for Registration {
 /// Registers an upgraded stream of `cluster` on `host`, closable through `resume`.
 pub fn register(cluster: &str, host: &str, resume: Box<dyn Resume>) -> Registration {
     let slot: ResumeSlot = Arc::new(Mutex::new(Some(resume)));
-    let key = (cluster.to_owned(), host.to_owned());
+    let live = Live {
+        cluster: cluster.into(),
+        host: host.into(),
+        slot: Arc::clone(&slot),
+    };
     let mut s = state();
     s.next_id += 1;
     let id = s.next_id;
-    s.live.entry(key.clone()).or_default().push(Live {
-        id,
-        slot: Arc::clone(&slot),
-    });
-    Registration { key, id, slot }
+    s.live.insert(id, live);
+    drop(s);
+    Registration { id, slot }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        {
-            let mut s = state();
-            if let Some(list) = s.live.get_mut(&self.key) {
-                if let Some(i) = list.iter().position(|l| l.id == self.id) {
-                    list.remove(i);
-                }
-                if list.is_empty() {
-                    s.live.remove(&self.key);
-                }
-            }
-        }
+        let gone = state().live.remove(&self.id);
+        drop(gone);
         // Under the slot's lock: a close being committed finishes first.
         let mut resume = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
         drop(resume.take());
@@ -306,21 +321,26 @@ impl Drop for Registration {
 pub fn live(cluster: &str, host: &str) -> usize {
     state()
         .live
-        .get(&(cluster.to_owned(), host.to_owned()))
-        .map_or(0, Vec::len)
+        .values()
+        .filter(|l| &*l.cluster == cluster && &*l.host == host)
+        .count()
 }
 
 /// Takes the `n` oldest streams of `key` out of the registry (so none is chosen twice).
 fn take_oldest(s: &mut State, key: &(String, String), n: usize) -> Vec<ResumeSlot> {
-    let Some(list) = s.live.get_mut(key) else {
+    if n == 0 {
         return Vec::new();
-    };
-    let n = n.min(list.len());
-    let out: Vec<ResumeSlot> = list.drain(..n).map(|l| l.slot).collect();
-    if list.is_empty() {
-        s.live.remove(key);
     }
-    out
+    let ids: Vec<u64> = s
+        .live
+        .iter()
+        .filter(|(_, l)| *l.cluster == *key.0 && *l.host == *key.1)
+        .map(|(id, _)| *id)
+        .take(n)
+        .collect();
+    ids.iter()
+        .filter_map(|id| s.live.remove(id).map(|l| l.slot))
+        .collect()
 }
 
 fn commit_all(slots: Vec<ResumeSlot>) -> usize {
@@ -368,7 +388,11 @@ pub fn start_drain(
     c.set_host_cap(&addr, Some(0));
     let key = (cluster.to_owned(), addr.as_str().to_owned());
     let mut s = state();
-    let total = s.live.get(&key).map_or(0, Vec::len);
+    let total = s
+        .live
+        .values()
+        .filter(|l| *l.cluster == *key.0 && *l.host == *key.1)
+        .count();
     s.drains.insert(
         key,
         Drain {
@@ -424,6 +448,7 @@ pub fn admin_drain(registry: &Registry, method: &str, path: &str) -> (u32, Strin
 /// "closed","remaining"}]`), for `GET /wscap`.
 pub fn drains_json(now: Instant) -> serde_json::Value {
     let s = state();
+    let counts = s.counts();
     let mut out: Vec<serde_json::Value> = s
         .drains
         .iter()
@@ -435,7 +460,7 @@ pub fn drains_json(now: Instant) -> serde_json::Value {
                 "elapsed_seconds": now.saturating_duration_since(d.started).as_secs_f64(),
                 "total": d.total,
                 "closed": d.closed,
-                "remaining": s.live.get(&(cluster.clone(), host.clone())).map_or(0, Vec::len),
+                "remaining": counts.get(&(cluster.clone(), host.clone())).copied().unwrap_or(0),
                 "requested": d.requested,
             })
         })
@@ -476,6 +501,14 @@ pub fn tick(
 ) -> Vec<(String, &'static str, usize)> {
     let mut done = Vec::new();
     let mut s = state();
+    if s.policies.is_empty() && s.drains.is_empty() {
+        drop(s);
+        if let Some(id) = metrics.drains {
+            sink.set_gauge(id, &[], 0);
+        }
+        return Vec::new();
+    }
+    let mut counts = s.counts();
     // Pods that left the cluster: drain them over the configured window.
     for c in &snapshot.clusters {
         let Some(seconds) = policy_of(&s, &c.name).and_then(|p| p.drain_removed_seconds) else {
@@ -484,7 +517,7 @@ pub fn tick(
         for h in &c.hosts {
             let key = (c.name.clone(), h.address.clone());
             if h.state == HostState::Draining && !s.drains.contains_key(&key) {
-                let total = s.live.get(&key).map_or(0, Vec::len);
+                let total = counts.get(&key).copied().unwrap_or(0);
                 if total > 0 {
                     s.drains.insert(
                         key,
@@ -521,6 +554,9 @@ pub fn tick(
         let n = due.saturating_sub(d.closed);
         let slots = take_oldest(&mut s, &key, n);
         let taken = slots.len();
+        if let Some(c) = counts.get_mut(&key) {
+            *c -= taken;
+        }
         if let Some(d) = s.drains.get_mut(&key) {
             d.closed += taken;
         }
@@ -529,7 +565,7 @@ pub fn tick(
         }
         // A requested drain stays listed (the pod keeps its cap of 0) until it holds nothing
         // and its window is over; a removed pod's drain ends with its last connection.
-        let left = s.live.get(&key).map_or(0, Vec::len);
+        let left = counts.get(&key).copied().unwrap_or(0);
         let over = elapsed >= f64::from(d.seconds);
         if left == 0 && (over || !d.requested) {
             s.drains.remove(&key);
@@ -577,7 +613,7 @@ pub fn tick(
                 for h in &hosts {
                     let key = (c.name.clone(), h.address.clone());
                     let mine =
-                        u32::try_from(s.live.get(&key).map_or(0, Vec::len)).unwrap_or(u32::MAX);
+                        u32::try_from(counts.get(&key).copied().unwrap_or(0)).unwrap_or(u32::MAX);
                     let mut p: Vec<(String, u32)> = f
                         .pods
                         .get(&key)
@@ -637,6 +673,9 @@ pub fn tick(
             let key = (c.name.clone(), addr);
             let taken = take_oldest(&mut s, &key, excess.min(budget));
             budget -= taken.len();
+            if let Some(c) = counts.get_mut(&key) {
+                *c -= taken.len();
+            }
             slots.extend(taken);
         }
         if !slots.is_empty() {
