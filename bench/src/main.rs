@@ -29,12 +29,14 @@
 //! CDF; handshake rate and Envoy CPU per setup) to `plots/` beside it; `--plots DIR` keeps the
 //! plots of a run without `--out`; `--note TEXT` puts a bold note at the top of the section.
 //! `--plot-global FILE` plots the global-mode latency table of FILE (`plots/` beside it).
+//! `--plot-rebalance CSV PNG` plots the per-pod counts of a rebalance run (`tests/tests/rebalance.rs`).
 
 mod alloc;
 mod authz;
 mod global_plot;
 mod load;
 mod plot;
+mod rebalance_plot;
 mod report;
 mod run;
 mod scenario;
@@ -140,7 +142,7 @@ impl Cfg {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: wscap-bench [--smoke] [--out docs/BENCHMARKS.md] [--plots DIR] [--note TEXT] [--global | --no-global]\n       wscap-bench --plot-global docs/BENCHMARKS.md");
+    eprintln!("usage: wscap-bench [--smoke] [--out docs/BENCHMARKS.md] [--plots DIR] [--note TEXT] [--global | --no-global]\n       wscap-bench --plot-global docs/BENCHMARKS.md\n       wscap-bench --plot-rebalance rebalance.csv docs/plots/rebalance.png");
     std::process::exit(2)
 }
 
@@ -168,6 +170,20 @@ fn main() {
                     }
                     Err(e) => {
                         eprintln!("wscap-bench --plot-global: {e}");
+                        std::process::exit(1)
+                    }
+                }
+            }
+            "--plot-rebalance" => {
+                let csv = PathBuf::from(args.next().unwrap_or_else(|| usage()));
+                let png = PathBuf::from(args.next().unwrap_or_else(|| usage()));
+                match rebalance_plot::run(&csv, &png) {
+                    Ok(()) => {
+                        eprintln!("wrote {}", png.display());
+                        std::process::exit(0)
+                    }
+                    Err(e) => {
+                        eprintln!("wscap-bench --plot-rebalance: {e}");
                         std::process::exit(1)
                     }
                 }

@@ -413,3 +413,86 @@ pub fn grouped(
             .map_err(e)
     })
 }
+
+/// Step lines over time: each series is `(x, y)` points (x in seconds), drawn as a step line;
+/// `marks` are labelled vertical lines at given x values.
+pub fn steps(
+    path: &Path,
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    series: &[Series<'_, &[(f64, f64)]>],
+    marks: &[(f64, &str)],
+) -> Result<(), String> {
+    let x_max = series
+        .iter()
+        .flat_map(|s| s.data.iter().map(|p| p.0))
+        .fold(1.0f64, f64::max);
+    let y_max = series
+        .iter()
+        .flat_map(|s| s.data.iter().map(|p| p.1))
+        .fold(1.0f64, f64::max)
+        * 1.15;
+    png(path, 1000, 600, |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, ("sans-serif", 22))
+            .margin(14)
+            .margin_right(40)
+            .x_label_area_size(50)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0f64..x_max, 0f64..y_max)
+            .map_err(e)?;
+        chart
+            .configure_mesh()
+            .x_desc(x_desc)
+            .y_desc(y_desc)
+            .x_label_formatter(&|v| format!("{v:.1}"))
+            .y_label_formatter(&|v| format!("{v:.0}"))
+            .label_style(("sans-serif", 15))
+            .axis_desc_style(("sans-serif", 17))
+            .draw()
+            .map_err(e)?;
+        for &(x, label) in marks {
+            chart
+                .draw_series(LineSeries::new(
+                    vec![(x, 0.0), (x, y_max)],
+                    RGBColor(120, 120, 120).stroke_width(1),
+                ))
+                .map_err(e)?;
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    label.to_string(),
+                    (x, y_max * 0.97),
+                    ("sans-serif", 15),
+                )))
+                .map_err(e)?;
+        }
+        for s in series {
+            let mut pts = Vec::with_capacity(s.data.len() * 2);
+            let mut prev: Option<f64> = None;
+            for &(x, y) in s.data {
+                if let Some(py) = prev {
+                    pts.push((x, py));
+                }
+                pts.push((x, y));
+                prev = Some(y);
+            }
+            let col = rgb(s.colour);
+            chart
+                .draw_series(LineSeries::new(pts, col.stroke_width(3)))
+                .map_err(e)?
+                .label(s.name)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 24, y)], col.stroke_width(3))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .label_font(("sans-serif", 15))
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK)
+            .draw()
+            .map_err(e)
+    })
+}

@@ -433,7 +433,7 @@ pub fn admin(
         };
     }
     match format {
-        "json" => (200, snapshot().to_json()),
+        "json" => (200, crate::close::with_drains(snapshot().to_json())),
         "prometheus" => (200, snapshot().to_prometheus()),
         other => error(
             400,

@@ -32,6 +32,12 @@ struct RawFilter {
     cluster: Option<String>,
     max_connections_per_host: i64,
     retry_after_seconds: Option<i64>,
+    /// Read by [`crate::close::parse_policy`].
+    #[allow(dead_code)]
+    rebalance: Option<serde::de::IgnoredAny>,
+    /// Read by [`crate::close::parse_policy`].
+    #[allow(dead_code)]
+    drain_removed_seconds: Option<serde::de::IgnoredAny>,
 }
 
 /// A route's (or virtual host's) settings over the filter's, from

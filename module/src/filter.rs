@@ -126,6 +126,9 @@ pub trait Stream {
     fn routed_cluster(&self) -> Option<&str>;
     /// This route's wscap settings (`typed_per_filter_config`), if it has any.
     fn route_settings(&self) -> Option<RouteSettings>;
+    /// Closes an upgraded stream chosen by a rebalance or a drain ([`crate::close`]): a
+    /// WebSocket close frame, then a reset. The default does nothing.
+    fn close_upgraded(&mut self) {}
 }
 
 /// The counters the filter increments; `None` when Envoy refused to define one.
@@ -371,6 +374,8 @@ pub struct Filter {
     /// The scheduler while the stream waits for a borrow.
     waiting: Option<ResumeSlot>,
     borrows: u32,
+    /// An upgraded stream's place among the closable ones ([`crate::close`]).
+    closing: Option<crate::close::Registration>,
 }
 
 impl Filter {
@@ -383,6 +388,7 @@ impl Filter {
             target: None,
             waiting: None,
             borrows: 0,
+            closing: None,
         }
     }
 
@@ -441,6 +447,12 @@ impl Filter {
 
     /// `on_scheduled`: a borrow round ended; acquire again, then continue, borrow again or refuse.
     pub fn on_scheduled(&mut self, stream: &mut impl Stream, event_id: u64) {
+        if event_id == crate::close::CLOSE_EVENT {
+            if self.phase == Phase::Upgraded {
+                stream.close_upgraded();
+            }
+            return;
+        }
         if self.phase != Phase::Waiting {
             return;
         }
@@ -660,6 +672,20 @@ impl Filter {
             ),
         }
         HeadersStatus::Continue
+    }
+
+    /// After a `101`: registers the stream as closable by a rebalance or a drain, with its own
+    /// scheduler ([`crate::close`]). Nothing when Envoy gives no scheduler.
+    pub fn register_for_close(&mut self, stream: &mut impl Stream) {
+        if self.phase != Phase::Upgraded || self.closing.is_some() {
+            return;
+        }
+        let Some(host) = self.permit.as_ref().map(|p| p.host().as_str().to_owned()) else {
+            return;
+        };
+        if let Some(resume) = stream.new_resume() {
+            self.closing = Some(crate::close::register(self.cluster_name(), &host, resume));
+        }
     }
 
     /// `stream_complete`: the stream is over, but its upstream socket may still be open, so the

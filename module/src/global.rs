@@ -57,6 +57,11 @@ pub fn lease_ttl_ms() -> u64 {
     COORDINATOR.get().map_or(0, |(c, _)| c.lease_ttl_ms)
 }
 
+/// The running coordinator's refresh period in milliseconds (0 in local mode).
+pub fn refresh_ms() -> u64 {
+    COORDINATOR.get().map_or(0, |(c, _)| c.refresh_ms)
+}
+
 /// What a borrow calls back with its outcome (once, on any thread).
 pub type BorrowDone = Box<dyn FnOnce(BorrowOutcome) + Send>;
 

@@ -24,6 +24,7 @@ use wscap_core::Registry;
 #[allow(unsafe_code)]
 mod abi;
 pub mod bootstrap;
+pub mod close;
 pub mod config;
 pub mod filter;
 pub mod global;

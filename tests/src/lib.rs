@@ -33,6 +33,7 @@ pub mod http;
 pub mod k8s;
 pub mod metrics;
 pub mod prometheus;
+pub mod reconnect;
 pub mod redis;
 pub mod rig;
 

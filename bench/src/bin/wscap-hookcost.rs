@@ -154,10 +154,81 @@ extern "C" fn envoy_dynamic_module_callback_http_send_response(
 ) {
 }
 #[no_mangle]
+unsafe extern "C" fn envoy_dynamic_module_callback_http_get_cluster_name(
+    _: *mut c_void,
+    out: *mut Buf,
+) -> bool {
+    // SAFETY: out-pointer from the module.
+    unsafe { put(out, b"pods") };
+    true
+}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_get_most_specific_route_config(
+    _: *mut c_void,
+) -> *const c_void {
+    std::ptr::null()
+}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_bootstrap_extension_config_define_counter(
+    _: *mut c_void,
+    _: Buf,
+    _: *const Buf,
+    _: usize,
+    _: *mut usize,
+) -> i32 {
+    1
+}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_bootstrap_extension_config_increment_counter(
+    _: *mut c_void,
+    _: usize,
+    _: *const Buf,
+    _: usize,
+    _: u64,
+) -> i32 {
+    1
+}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_bootstrap_extension_config_define_histogram(
+    _: *mut c_void,
+    _: Buf,
+    _: *const Buf,
+    _: usize,
+    _: *mut usize,
+) -> i32 {
+    1
+}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_bootstrap_extension_config_record_histogram_value(
+    _: *mut c_void,
+    _: usize,
+    _: *const Buf,
+    _: usize,
+    _: u64,
+) -> i32 {
+    1
+}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_bootstrap_extension_enable_cluster_lifecycle(
+    _: *mut c_void,
+) -> bool {
+    false
+}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_lb_get_host_health(
+    _: *mut c_void,
+    _: u32,
+    _: usize,
+) -> i32 {
+    2 // healthy
+}
+// A scheduler (never fired): every upgraded stream registers one for chosen closes, so its
+// cost is in the handshake's count.
+#[no_mangle]
 extern "C" fn envoy_dynamic_module_callback_http_filter_scheduler_new(
     _: *mut c_void,
 ) -> *mut c_void {
-    std::ptr::null_mut()
+    std::ptr::NonNull::<u8>::dangling().as_ptr().cast()
 }
 #[no_mangle]
 extern "C" fn envoy_dynamic_module_callback_http_filter_scheduler_commit(_: *mut c_void, _: u64) {}
@@ -165,6 +236,20 @@ extern "C" fn envoy_dynamic_module_callback_http_filter_scheduler_commit(_: *mut
 extern "C" fn envoy_dynamic_module_callback_http_filter_scheduler_delete(_: *mut c_void) {}
 #[no_mangle]
 extern "C" fn envoy_dynamic_module_callback_http_filter_continue_decoding(_: *mut c_void) {}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_send_response_data(
+    _: *mut c_void,
+    _: Buf,
+    _: bool,
+) {
+}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_filter_reset_stream(
+    _: *mut c_void,
+    _: i32,
+    _: Buf,
+) {
+}
 #[no_mangle]
 unsafe extern "C" fn envoy_dynamic_module_callback_http_filter_config_define_counter(
     _: *mut c_void,

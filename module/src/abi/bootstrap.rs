@@ -110,10 +110,14 @@ fn define_global_metrics(config_envoy: *mut c_void) -> GlobalMetrics {
     }
 }
 
+/// The admin path of drains (`POST`).
+const DRAIN_PATH: &str = "/wscap/drain";
+
 /// The bootstrap config: state plus the refresh timer, and Envoy's handle of the config
 /// (for the hooks that get only the extension: `server_initialized`).
 struct BootstrapConfig {
     state: Bootstrap,
+    closing: crate::close::CloseMetrics,
     timer: *mut c_void,
     config_envoy: *mut c_void,
 }
@@ -198,6 +202,33 @@ pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_config_new(
                     "wscap: could not register the admin handler /wscap",
                 );
             }
+            let closing = crate::close::CloseMetrics {
+                closed: define(
+                    counter,
+                    config_envoy,
+                    "wscap_closed",
+                    &["cluster", "reason"],
+                ),
+                drains: define(gauge, config_envoy, "wscap_drains_in_progress", &[]),
+            };
+            // SAFETY: as above; `mutates_state` makes Envoy accept only POST on it.
+            let drain_registered = unsafe {
+                envoy_dynamic_module_callback_bootstrap_extension_register_admin_handler(
+                    config_envoy,
+                    ModuleBuffer::of(DRAIN_PATH),
+                    ModuleBuffer::of(
+                        "wscap: drain one pod gently (POST ?cluster=C&host=ip:port&seconds=S)",
+                    ),
+                    false,
+                    true,
+                )
+            };
+            if !drain_registered {
+                log(
+                    Level::Warn,
+                    "wscap: could not register the admin handler /wscap/drain",
+                );
+            }
             let global = settings.global.is_some();
             let mut state = Bootstrap::new(settings, gauges);
             if global {
@@ -224,6 +255,7 @@ pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_config_new(
             };
             into_module_ptr(BootstrapConfig {
                 state,
+                closing,
                 timer,
                 config_envoy,
             })
@@ -288,7 +320,21 @@ pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_timer_fired(
             cfg.state.sweep(&REGISTRY);
             crate::hot_restart::reap();
             let sink = EnvoyBootstrapConfig(config_envoy);
-            cfg.state.refresh(&REGISTRY.snapshot(), &sink);
+            let snapshot = REGISTRY.snapshot();
+            cfg.state.refresh(&snapshot, &sink);
+            let fleet = crate::global::coordinator().and_then(|c| {
+                crate::close::FleetCounts::from_view(
+                    &c.fleet_view(),
+                    std::time::Duration::from_millis(crate::global::refresh_ms()),
+                )
+            });
+            crate::close::tick(
+                &snapshot,
+                fleet.as_ref(),
+                std::time::Instant::now(),
+                &cfg.closing,
+                &sink,
+            );
             if let Some(c) = crate::global::coordinator() {
                 let report = GlobalReport {
                     view: c.fleet_view(),
@@ -325,9 +371,13 @@ pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_admin_request(
     let (status, body) = guard(
         "bootstrap_extension_admin_request",
         || {
+            let path = text(path);
+            if path.split('?').next() == Some(DRAIN_PATH) {
+                return crate::close::admin_drain(&REGISTRY, &text(method), &path);
+            }
             bootstrap::admin(
                 &text(method),
-                &text(path),
+                &path,
                 || REGISTRY.snapshot(),
                 || crate::global::coordinator().map(|c| c.fleet_view()),
             )

@@ -156,6 +156,29 @@ impl crate::filter::Stream for EnvoyStream {
         // pointer) alive while the stream's route is in use.
         unsafe { module_ref::<RouteSettings>(ptr) }.copied()
     }
+
+    fn close_upgraded(&mut self) {
+        // A server close frame (unmasked): FIN + opcode 8, length 2, code 1012 "service restart",
+        // so that the client reconnects at once; then the reset ends the tunnel both ways.
+        const CLOSE_1012: [u8; 4] = [0x88, 0x02, 0x03, 0xF4];
+        // SAFETY: live filter handle in `on_scheduled` on the stream's worker; Envoy copies the
+        // bytes.
+        unsafe {
+            envoy_dynamic_module_callback_http_send_response_data(
+                self.0,
+                ModuleBuffer {
+                    ptr: CLOSE_1012.as_ptr().cast(),
+                    length: CLOSE_1012.len(),
+                },
+                false,
+            );
+            envoy_dynamic_module_callback_http_filter_reset_stream(
+                self.0,
+                0,
+                ModuleBuffer::of("wscap_close"),
+            );
+        }
+    }
 }
 
 /// Envoy's per-stream scheduler, owned by the module: created in a hook, committed from the
@@ -210,6 +233,10 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
                 Ok(s) => s,
                 Err(e) => return refuse_config("http filter", &name, &e),
             };
+            let closing = match crate::close::parse_policy(bytes) {
+                Ok(p) => p,
+                Err(e) => return refuse_config("http filter", &name, &e),
+            };
             let counter =
                 envoy_dynamic_module_callback_http_filter_config_define_counter as DefineFn;
             let metrics = FilterMetrics {
@@ -235,6 +262,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             match FilterConfig::new(&REGISTRY, &settings, metrics) {
                 Ok(cfg) => {
                     let cfg = cfg.with_borrower(Arc::new(GlobalBorrower));
+                    crate::close::set_policy(settings.cluster.as_deref(), closing);
                     log(
                         Level::Info,
                         &format!(
@@ -392,8 +420,10 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
     guard(
         "http_filter_response_headers",
         || {
-            f.borrow_mut()
-                .on_response_headers(&mut EnvoyStream(filter_envoy));
+            let mut stream = EnvoyStream(filter_envoy);
+            let mut f = f.borrow_mut();
+            f.on_response_headers(&mut stream);
+            f.register_for_close(&mut stream);
             HEADERS_CONTINUE
         },
         || {

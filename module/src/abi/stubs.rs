@@ -254,6 +254,20 @@ extern "C" fn envoy_dynamic_module_callback_http_filter_scheduler_delete(_: *mut
 #[no_mangle]
 extern "C" fn envoy_dynamic_module_callback_http_filter_continue_decoding(_: *mut c_void) {}
 #[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_send_response_data(
+    _: *mut c_void,
+    _: ModuleBuffer,
+    _: bool,
+) {
+}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_filter_reset_stream(
+    _: *mut c_void,
+    _: i32,
+    _: ModuleBuffer,
+) {
+}
+#[no_mangle]
 extern "C" fn envoy_dynamic_module_callback_log(_: i32, _: ModuleBuffer) {}
 #[no_mangle]
 extern "C" fn envoy_dynamic_module_callback_log_enabled(_: i32) -> bool {

@@ -252,6 +252,20 @@ fn envoy_dynamic_module_callback_http_filter_scheduler_delete(
 fn envoy_dynamic_module_callback_http_filter_continue_decoding(
     filter_envoy: *mut c_void,
 );
+// Chosen closes (rebalance, drain: `crate::close`), from `on_scheduled` on the stream's worker:
+// `send_response_data(filter_envoy, data, end_stream)` (the filter's `encodeData`) writes a
+// WebSocket close frame into the response, then `reset_stream(filter_envoy, reason, details)`
+// (`reason` 0 = LocalReset) resets the stream. Proved on 1.40.0 by `tests/tests/rebalance.rs`.
+fn envoy_dynamic_module_callback_http_send_response_data(
+    filter_envoy: *mut c_void,
+    data: ModuleBuffer,
+    end_stream: bool,
+);
+fn envoy_dynamic_module_callback_http_filter_reset_stream(
+    filter_envoy: *mut c_void,
+    reason: i32,
+    details: ModuleBuffer,
+);
 fn envoy_dynamic_module_callback_http_filter_config_define_counter(
     config_envoy: *mut c_void,
     name: ModuleBuffer,

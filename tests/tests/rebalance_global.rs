@@ -1,0 +1,161 @@
+//! Rebalance in global mode (issue 15): two real Envoys sharing one redis-server, 20 clients
+//! that reconnect when closed (10 through each Envoy), two pods full at 10, a third added
+//! through EDS. Each instance closes only its part of the fleet's excess at its part of R: the
+//! counts converge, the fleet's closes per second (as the clients saw them) stay within R, and
+//! no pod ever holds more than its limit.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use wscap_e2e::backend::Backend;
+use wscap_e2e::config::{self, Endpoint, ListenerSpec};
+use wscap_e2e::envoy::{Envoy, Opts};
+use wscap_e2e::reconnect::{max_per_second, Fleet};
+use wscap_e2e::redis::RedisServer;
+use wscap_e2e::rig::{CLUSTER, LISTENER};
+use wscap_e2e::{eventually, metrics, write_atomic, SETTLE};
+
+const LIMIT: u32 = 10;
+const RATE: u32 = 4;
+const TOLERANCE: f64 = 0.2;
+const PROM_CLOSED: &str = "envoy_dynamicmodulescustom_wscap_closed";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn global_rebalance_keeps_the_fleet_within_r() {
+    let redis = RedisServer::start();
+    let a = Backend::start("pod-a").await;
+    let b = Backend::start("pod-b").await;
+    let c = Backend::start("pod-c").await;
+    let dir = wscap_e2e::scratch_dir("rebalance-global");
+    let eds = dir.join("pods.json");
+    write_atomic(
+        &eds,
+        &config::eds_file_contents(CLUSTER, &[Endpoint::new(a.addr), Endpoint::new(b.addr)], 1),
+    );
+    let filter = json!({
+        "cluster": CLUSTER,
+        "max_connections_per_host": LIMIT,
+        "rebalance": {"max_closes_per_second": RATE, "tolerance": TOLERANCE},
+    });
+    let mut envoys = Vec::new();
+    let mut ports = Vec::new();
+    for i in 0..2 {
+        let l = ListenerSpec::new(
+            LISTENER,
+            CLUSTER,
+            vec![config::wscap_filter(&filter.to_string())],
+        );
+        let mut boot = config::bootstrap(
+            std::slice::from_ref(&l),
+            vec![config::eds_cluster(CLUSTER, &eds, true)],
+            true,
+        );
+        boot["bootstrap_extensions"][0]["typed_config"]["extension_config"]["value"] = json!({
+            "stats_interval_ms": 100,
+            "redis_url": redis.url(),
+            "instance_id": format!("envoy-{i}"),
+            "lease_ttl_ms": 1500,
+            "refresh_ms": 200,
+        })
+        .to_string()
+        .into();
+        let envoy = Envoy::start(&boot, &Opts::with_module(2)).await;
+        ports.push(envoy.listener_port(LISTENER).await);
+        envoys.push(envoy);
+    }
+    let start = Instant::now();
+    let fleets = [
+        Fleet::start(ports[0], 10, start),
+        Fleet::start(ports[1], 10, start),
+    ];
+    eventually("two full pods", SETTLE, || async {
+        let got = [a.active(), b.active(), c.active()];
+        (got == [10, 10, 0])
+            .then_some(())
+            .ok_or(format!("pods count {got:?}"))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let added = start.elapsed();
+    write_atomic(
+        &eds,
+        &config::eds_file_contents(
+            CLUSTER,
+            &[
+                Endpoint::new(a.addr),
+                Endpoint::new(b.addr),
+                Endpoint::new(c.addr),
+            ],
+            2,
+        ),
+    );
+    let bound = (20.0 / 3.0 * (1.0 + TOLERANCE)).floor() as usize;
+    eventually("counts converge", Duration::from_secs(40), || async {
+        let got = [a.active(), b.active(), c.active()];
+        (got.iter().all(|&n| n <= bound) && got.iter().sum::<usize>() == 20)
+            .then_some(())
+            .ok_or(format!("pods count {got:?}"))
+    })
+    .await;
+    let converged = start.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // What the instances counted is what the clients saw (read when both agree: a close
+    // committed at this moment reaches its client a moment later).
+    let (closes, per_instance) = eventually("wscap_closed = closes seen", SETTLE, || async {
+        let mut closes: Vec<_> = fleets.iter().flat_map(Fleet::closes).collect();
+        closes.sort_by_key(|c| c.0);
+        let mut per_instance = Vec::new();
+        for e in &envoys {
+            per_instance.push(
+                metrics::value(
+                    &e.prometheus().await,
+                    PROM_CLOSED,
+                    &[("cluster", CLUSTER), ("reason", "rebalance")],
+                )
+                .unwrap_or(0.0),
+            );
+        }
+        let sum: f64 = per_instance.iter().sum();
+        (sum == closes.len() as f64)
+            .then(|| (closes.clone(), per_instance.clone()))
+            .ok_or(format!(
+                "wscap_closed {per_instance:?}, clients saw {}",
+                closes.len()
+            ))
+    })
+    .await;
+    for f in fleets {
+        f.stop().await;
+    }
+    let worst = max_per_second(&closes);
+    println!(
+        "global rebalance: pod-c added at {:.2}s, converged at {:.2}s ({:.2}s later), {} closes \
+         (per instance {per_instance:?}), at most {worst} in one second (R = {RATE})",
+        added.as_secs_f64(),
+        converged.as_secs_f64(),
+        (converged - added).as_secs_f64(),
+        closes.len()
+    );
+    assert!(!closes.is_empty(), "nothing was closed");
+    assert!(
+        worst <= RATE as usize,
+        "the fleet closed {worst} in one second, above R = {RATE}: {closes:?}"
+    );
+    assert!(
+        closes
+            .iter()
+            .all(|c| (c.1 == "pod-a" || c.1 == "pod-b") && c.2.contains("Restart")),
+        "{closes:?}"
+    );
+    for p in [&a, &b, &c] {
+        assert!(
+            p.max_seen() <= LIMIT as usize,
+            "{} saw {}, above its limit {LIMIT}",
+            p.host(),
+            p.max_seen()
+        );
+    }
+    for mut e in envoys {
+        e.assert_running();
+    }
+}
