@@ -912,7 +912,12 @@ fn best_of_sample(list: &[Arc<HostSlot>], default: Option<u32>) -> Option<&Arc<H
 /// Keeps `slot` if it has room and beats `best`: a lower tier first, then less loaded.
 #[inline]
 fn consider<'a>(slot: &'a Arc<HostSlot>, default: Option<u32>, best: &mut Option<Candidate<'a>>) {
-    let (active, draining) = slot.hot.state.load();
+    let (mut active, draining) = slot.hot.state.load();
+    // In shared mode the other processes' connections count too: a host full across them is
+    // no candidate (else an admission that the shared word refuses would be retried forever).
+    if let Some(shared) = &slot.shared {
+        active = active.max(shared.total());
+    }
     let tier = slot.tier();
     let limit = slot.hot.state.limit_for(default);
     if draining || tier == STANDBY || active >= limit {

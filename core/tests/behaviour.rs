@@ -484,3 +484,49 @@ fn a_removed_host_comes_back_under_the_default_cap() {
     assert_eq!(c.host(&addr).unwrap().limit(), 0);
     assert_eq!(c.acquire().unwrap_err(), Rejected::NoCapacity);
 }
+
+/// Shared counts: a host full across the processes is refused at once (not retried forever),
+/// and the other hosts still admit.
+#[test]
+fn a_host_full_across_processes_is_refused_not_spun_on() {
+    use std::sync::atomic::AtomicU64;
+    use std::sync::{mpsc, Arc};
+    use wscap_core::{SharedCounter, SharedCounts};
+    struct Words(Vec<&'static AtomicU64>, u32);
+    impl SharedCounts for Words {
+        fn counter(&self, _: &str, host: &HostAddr) -> Option<SharedCounter> {
+            let i = usize::from(host.as_str().starts_with("10.0.0.2"));
+            SharedCounter::new(self.0[i], self.1)
+        }
+    }
+    let words: Vec<&'static AtomicU64> = (0..2)
+        .map(|_| &*Box::leak(Box::new(AtomicU64::new(0))))
+        .collect();
+    let (tx, rx) = mpsc::channel();
+    let w = words.clone();
+    std::thread::spawn(move || {
+        let other = Registry::with_shared_counts(Arc::new(Words(w.clone(), 0)));
+        let me = Registry::with_shared_counts(Arc::new(Words(w, 1)));
+        let hosts = [
+            HostSpec::parse("10.0.0.1:80").unwrap(),
+            HostSpec::parse("10.0.0.2:80").unwrap(),
+        ];
+        for r in [&other, &me] {
+            r.set_default_limit("c", 1).unwrap();
+            r.set_hosts("c", &hosts).unwrap();
+        }
+        let theirs = other
+            .acquire_host("c", &"10.0.0.1:80".parse().unwrap())
+            .unwrap();
+        let mine = me.acquire("c").unwrap();
+        let host = mine.host().as_str().to_owned();
+        let third = me.acquire("c").map(|p| p.host().as_str().to_owned());
+        tx.send((host, third)).unwrap();
+        drop((theirs, mine));
+    });
+    let (host, third) = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("acquire returned (it must not spin on a host full across processes)");
+    assert_eq!(host, "10.0.0.2:80", "the host with room across processes");
+    assert_eq!(third, Err(Rejected::NoCapacity));
+}

@@ -147,10 +147,34 @@ async fn a_pod_limit_holds_across_a_hot_restart() {
             .ok_or("still running".to_owned())
     })
     .await;
-    assert!(
-        try_open(port).await.is_none(),
-        "still full after the handover"
-    );
+    // The new process reaps the old one's share (its last connections closed with it), then
+    // fills exactly the room the pods have, and refuses the next one at once with a 503 (a pod
+    // full across both processes is refused, never spun on).
+    eventually("the new process reaped the old one", SETTLE, || async {
+        new.log()
+            .contains("freed the counts of 1 exited Envoy process")
+            .then_some(())
+            .ok_or("not yet".to_owned())
+    })
+    .await;
+    let mut refill = Vec::new();
+    loop {
+        match connect(port, "/ws").await {
+            Outcome::Open(c) => refill.push(c),
+            Outcome::Refused(r) => {
+                assert_eq!(
+                    r.header("x-wscap-reason"),
+                    Some("no_capacity"),
+                    "{:?}",
+                    r.headers
+                );
+                break;
+            }
+            Outcome::Failed(e) => panic!("after the handover, a connection failed: {e}"),
+        }
+        assert!(refill.len() <= 2 * LIMIT, "admitted past the capacity");
+    }
+    assert_eq!(total(), 2 * LIMIT, "full again, exactly");
     for p in &pods {
         assert!(
             p.max_seen() <= LIMIT,
@@ -159,7 +183,7 @@ async fn a_pod_limit_holds_across_a_hot_restart() {
             p.max_seen()
         );
     }
-    drop((held, stormed, new, old));
+    drop((held, stormed, refill, new, old));
     let _ = std::fs::remove_file(&shm);
 }
 
@@ -226,7 +250,10 @@ async fn a_crashed_old_process_gives_its_slots_back() {
         .await;
         again.push(c);
     }
-    assert!(try_open(port).await.is_none(), "full again, no more");
+    let r = connect(port, "/ws")
+        .await
+        .expect_refused("full again, no more");
+    assert_eq!(r.header("x-wscap-reason"), Some("no_capacity"));
     assert_eq!(total(), 2 * LIMIT);
     assert!(
         new.log()
