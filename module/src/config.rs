@@ -24,6 +24,8 @@ pub struct FilterSettings {
     pub max_connections_per_host: u32,
     /// Value of the `retry-after` header on refusals.
     pub retry_after_seconds: u32,
+    /// The wait queue (`"queue": {"max_waiting": N, "timeout_ms": T}`); `None`: refuse at once.
+    pub queue: Option<crate::queue::QueueSettings>,
 }
 
 #[derive(Deserialize)]
@@ -32,6 +34,7 @@ struct RawFilter {
     cluster: Option<String>,
     max_connections_per_host: i64,
     retry_after_seconds: Option<i64>,
+    queue: Option<crate::queue::QueueSettings>,
 }
 
 /// A route's (or virtual host's) settings over the filter's, from
@@ -46,6 +49,8 @@ pub struct RouteSettings {
     pub retry_after_seconds: Option<u32>,
     /// This route's WebSockets pass uncounted and unsteered.
     pub disabled: bool,
+    /// This route's wait queue, over the filter's.
+    pub queue: Option<crate::queue::QueueSettings>,
 }
 
 #[derive(Deserialize)]
@@ -54,6 +59,7 @@ struct RawRoute {
     max_connections_per_host: Option<i64>,
     retry_after_seconds: Option<i64>,
     disabled: Option<bool>,
+    queue: Option<crate::queue::QueueSettings>,
 }
 
 /// The LB policy's config. Every field is optional: `{}` (or an empty value) works.
@@ -140,6 +146,10 @@ pub fn parse_filter(bytes: &[u8]) -> Result<FilterSettings, String> {
             raw.retry_after_seconds
                 .unwrap_or(i64::from(DEFAULT_RETRY_AFTER_SECONDS)),
         )?,
+        queue: raw
+            .queue
+            .map(crate::queue::QueueSettings::validate)
+            .transpose()?,
     })
 }
 
@@ -178,7 +188,7 @@ fn retry_field(retry: i64) -> Result<u32, String> {
 /// ```
 pub fn parse_route(bytes: &[u8]) -> Result<RouteSettings, String> {
     let text = utf8(bytes)?;
-    const EXPECTED: &str = "expected one or more of \"max_connections_per_host\", \"retry_after_seconds\", \"disabled\"";
+    const EXPECTED: &str = "expected one or more of \"max_connections_per_host\", \"retry_after_seconds\", \"disabled\", \"queue\"";
     if text.trim().is_empty() {
         return Err(format!("per-route config is empty: {EXPECTED}"));
     }
@@ -186,6 +196,7 @@ pub fn parse_route(bytes: &[u8]) -> Result<RouteSettings, String> {
     if raw.max_connections_per_host.is_none()
         && raw.retry_after_seconds.is_none()
         && raw.disabled.is_none()
+        && raw.queue.is_none()
     {
         return Err(format!("per-route config is empty: {EXPECTED}"));
     }
@@ -193,6 +204,10 @@ pub fn parse_route(bytes: &[u8]) -> Result<RouteSettings, String> {
         max_connections_per_host: raw.max_connections_per_host.map(limit_field).transpose()?,
         retry_after_seconds: raw.retry_after_seconds.map(retry_field).transpose()?,
         disabled: raw.disabled.unwrap_or(false),
+        queue: raw
+            .queue
+            .map(crate::queue::QueueSettings::validate)
+            .transpose()?,
     })
 }
 
@@ -307,7 +322,8 @@ mod tests {
             FilterSettings {
                 cluster: Some("pods".into()),
                 max_connections_per_host: 20,
-                retry_after_seconds: 9
+                retry_after_seconds: 9,
+                queue: None
             }
         );
     }
@@ -354,7 +370,8 @@ mod tests {
             RouteSettings {
                 max_connections_per_host: Some(4),
                 retry_after_seconds: Some(2),
-                disabled: false
+                disabled: false,
+                queue: None
             }
         );
         assert!(r("").unwrap_err().contains("empty"));

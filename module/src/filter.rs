@@ -179,6 +179,7 @@ pub struct FilterConfig {
     one: Option<String>,
     default_limit: u32,
     retry_after_seconds: u32,
+    queue: Option<crate::queue::QueueSettings>,
     metrics: FilterMetrics,
     borrower: Option<Arc<dyn Borrower>>,
     /// Set once the "no wscap LB policy on this cluster" warning was logged.
@@ -285,6 +286,7 @@ impl FilterConfig {
             one: settings.cluster.clone(),
             default_limit: settings.max_connections_per_host,
             retry_after_seconds: settings.retry_after_seconds,
+            queue: settings.queue,
             metrics,
             borrower: None,
             warned_no_policy: AtomicBool::new(false),
@@ -359,6 +361,8 @@ struct Target {
     /// The default per-host limit for this stream: its route's, else the filter's.
     limit: u32,
     retry_after_seconds: u32,
+    /// The wait queue that applies (the route's, else the filter's); `None`: refuse at once.
+    queue: Option<crate::queue::QueueSettings>,
 }
 
 /// One HTTP stream. Holds at most one permit, released on the first close path.
@@ -371,6 +375,8 @@ pub struct Filter {
     /// The scheduler while the stream waits for a borrow.
     waiting: Option<ResumeSlot>,
     borrows: u32,
+    /// The stream's ticket while it waits in its cluster's queue.
+    queued: Option<u64>,
 }
 
 impl Filter {
@@ -383,6 +389,7 @@ impl Filter {
             target: None,
             waiting: None,
             borrows: 0,
+            queued: None,
         }
     }
 
@@ -429,12 +436,24 @@ impl Filter {
             retry_after_seconds: route
                 .retry_after_seconds
                 .unwrap_or(self.config.retry_after_seconds),
+            queue: route.queue.or(self.config.queue),
         };
-        let acquired = target.cluster.acquire_with_default(target.limit);
+        // With a queue, a newcomer does not jump ahead of streams that already wait.
+        let jump = target.queue.is_some() && crate::queue::has_waiters(target.cluster.name());
+        let acquired = if jump {
+            Err(Rejected::NoCapacity)
+        } else {
+            target.cluster.acquire_with_default(target.limit)
+        };
         self.target = Some(target);
         match acquired {
             Ok(permit) => self.admit(stream, permit),
-            Err(Rejected::NoCapacity) if self.borrow(stream) => HeadersStatus::Pause,
+            Err(Rejected::NoCapacity) if !jump && self.borrow(stream) => HeadersStatus::Pause,
+            Err(Rejected::NoCapacity)
+                if self.target.as_ref().is_some_and(|t| t.queue.is_some()) =>
+            {
+                self.enqueue(stream, jump)
+            }
             Err(rejected) => self.reject(stream, rejected),
         }
     }
@@ -442,6 +461,10 @@ impl Filter {
     /// `on_scheduled`: a borrow round ended; acquire again, then continue, borrow again or refuse.
     pub fn on_scheduled(&mut self, stream: &mut impl Stream, event_id: u64) {
         if self.phase != Phase::Waiting {
+            return;
+        }
+        if event_id == crate::queue::EVENT_WAKE || event_id == crate::queue::EVENT_TIMEOUT {
+            self.on_queue_event(stream, event_id);
             return;
         }
         let Some(target) = &self.target else {
@@ -460,6 +483,13 @@ impl Filter {
                 if outcome == Some(BorrowOutcome::Granted)
                     && self.borrows < MAX_BORROWS
                     && self.borrow(stream) => {}
+            Err(Rejected::NoCapacity)
+                if self.target.as_ref().is_some_and(|t| t.queue.is_some()) =>
+            {
+                if self.enqueue(stream, false) != HeadersStatus::Pause {
+                    self.end_wait();
+                }
+            }
             Err(rejected) => {
                 self.end_wait();
                 self.reject(stream, rejected);
@@ -700,7 +730,90 @@ impl Filter {
             }
             drop(permit);
             self.phase = Phase::Released;
+            crate::queue::notify(self.cluster_name());
         }
+    }
+}
+
+/// The wait queue (see [`crate::queue`]).
+impl Filter {
+    /// Pauses the stream in its cluster's queue, or refuses it with `queue_full`. `wake_head`:
+    /// the stream did not try to acquire (others wait), so the head is woken to try.
+    fn enqueue(&mut self, stream: &mut impl Stream, wake_head: bool) -> HeadersStatus {
+        let Some(settings) = self.target.as_ref().and_then(|t| t.queue) else {
+            return self.reject(stream, Rejected::NoCapacity);
+        };
+        let slot = match &self.waiting {
+            Some(slot) => Arc::clone(slot),
+            None => {
+                let Some(resume) = stream.new_resume() else {
+                    return self.reject(stream, Rejected::NoCapacity);
+                };
+                let slot: ResumeSlot = Arc::new(Mutex::new(Some(resume)));
+                self.waiting = Some(Arc::clone(&slot));
+                slot
+            }
+        };
+        match crate::queue::enqueue(self.cluster_name(), settings, slot, wake_head) {
+            crate::queue::Enqueued::Waiting(ticket) => {
+                self.queued = Some(ticket);
+                self.phase = Phase::Waiting;
+                HeadersStatus::Pause
+            }
+            crate::queue::Enqueued::Full => {
+                self.end_wait();
+                self.refuse_counted(stream, "queue_full");
+                HeadersStatus::StopIteration
+            }
+        }
+    }
+
+    /// A queue event on the stream's worker: a wake (acquire; admitted, or stay in place) or
+    /// the deadline (`503 queue_timeout`).
+    fn on_queue_event(&mut self, stream: &mut impl Stream, event_id: u64) {
+        let Some(ticket) = self.queued else {
+            return;
+        };
+        let Some(target) = self.target.clone() else {
+            return;
+        };
+        let name = target.cluster.name().to_owned();
+        if event_id == crate::queue::EVENT_WAKE {
+            match target.cluster.acquire_with_default(target.limit) {
+                Ok(permit) => {
+                    self.queued = None;
+                    crate::queue::leave(&name, ticket, true);
+                    self.end_wait();
+                    if self.admit(stream, permit) == HeadersStatus::Continue {
+                        stream.continue_decoding();
+                    }
+                    return;
+                }
+                // Lost the race: keep the place (FIFO), unless the deadline took it meanwhile.
+                Err(Rejected::NoCapacity) if crate::queue::stay(&name, ticket) => return,
+                Err(Rejected::NoCapacity) => {}
+                Err(rejected) => {
+                    self.queued = None;
+                    crate::queue::leave(&name, ticket, false);
+                    self.end_wait();
+                    self.reject(stream, rejected);
+                    return;
+                }
+            }
+        }
+        self.queued = None;
+        crate::queue::leave(&name, ticket, false);
+        self.end_wait();
+        self.refuse_counted(stream, "queue_timeout");
+    }
+
+    /// Counts (`wscap_rejected{cluster,reason}`) and sends a refusal for a queue reason.
+    fn refuse_counted(&mut self, stream: &mut impl Stream, reason: &str) {
+        if let Some(id) = self.config.metrics.rejected {
+            let cluster = self.cluster_name().to_owned();
+            stream.increment_counter(id, &[&cluster, reason], 1);
+        }
+        self.refuse(stream, reason);
     }
 }
 
@@ -708,6 +821,10 @@ impl Drop for Filter {
     fn drop(&mut self) {
         // `destroy`: the last close path. `Option::take` makes a second release impossible.
         // A borrow may still be in flight: its scheduler is deleted here, under the slot's lock.
+        // A stream that waits in its cluster's queue leaves it at once.
+        if let Some(ticket) = self.queued.take() {
+            crate::queue::leave(self.cluster_name(), ticket, false);
+        }
         self.end_wait();
         self.release();
     }
@@ -875,6 +992,7 @@ mod tests {
             cluster: Some("pods".into()),
             max_connections_per_host: limit,
             retry_after_seconds: 7,
+            queue: None,
         };
         let metrics = FilterMetrics {
             admitted: Some(MetricId(ADMITTED)),
@@ -1355,6 +1473,7 @@ mod tests {
             max_connections_per_host: Some(1),
             retry_after_seconds: Some(42),
             disabled: false,
+            queue: None,
         };
         let mut held = Vec::new();
         let mut f = Fake::ws();
@@ -1404,6 +1523,7 @@ mod tests {
             cluster: None,
             max_connections_per_host: 2,
             retry_after_seconds: 1,
+            queue: None,
         };
         let cfg = Arc::new(FilterConfig::new(reg, &settings, FilterMetrics::default()).unwrap());
         // Not (yet) a wscap cluster: untouched.
@@ -1450,6 +1570,7 @@ mod tests {
                     cluster: Some("shared".into()),
                     max_connections_per_host: n,
                     retry_after_seconds: 1,
+                    queue: None,
                 },
                 FilterMetrics::default(),
             )

@@ -1,0 +1,355 @@
+//! The bounded wait queue (`"queue": {"max_waiting": N, "timeout_ms": T}`), off by default.
+//!
+//! A WebSocket that finds no room on its cluster is paused (like global mode's borrow: Envoy's
+//! per-stream scheduler, [`crate::filter::Resume`]) and put at the back of its cluster's queue.
+//! One queue per cluster serves every Envoy worker (a mutex'd `VecDeque`), so the order is the
+//! arrival order across workers. Admissions still go through core's lock-free acquire:
+//!
+//! - when a permit of the cluster is released, [`notify`] wakes the oldest waiter that is not
+//!   already woken (event [`EVENT_WAKE`] on its scheduler); the waiter acquires on its own worker.
+//!   If it gets a slot it leaves the queue and wakes the next one (which stays put if there is
+//!   no room); if it loses the race it stays where it is (FIFO holds);
+//! - a new WebSocket that arrives while others wait joins the back of the queue without trying
+//!   to acquire (it would jump the queue), and wakes the head, so room that appeared without a
+//!   release (a new pod, a raised limit) is used;
+//! - one background thread (started with the first waiter) removes waiters whose deadline has
+//!   passed and commits [`EVENT_TIMEOUT`]: the stream answers `503` `queue_timeout` even when
+//!   no slot ever frees;
+//! - a stream destroyed while waiting (the client hung up) leaves the queue in its `destroy`.
+//!
+//! Every commit happens under the waiter's [`ResumeSlot`] lock, which the stream also holds
+//! when it deletes its scheduler, so a scheduler is never used after its deletion.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::filter::ResumeSlot;
+
+/// Event id: a slot may be free, try to acquire.
+pub const EVENT_WAKE: u64 = 10;
+/// Event id: the wait's deadline passed.
+pub const EVENT_TIMEOUT: u64 = 11;
+
+/// The largest accepted `max_waiting`.
+pub const MAX_WAITING: u32 = 1_000_000;
+/// The largest accepted `timeout_ms` (one hour).
+pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
+
+/// `"queue": {"max_waiting": N, "timeout_ms": T}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSettings {
+    /// How many WebSockets may wait on one cluster at once; one more is refused at once with
+    /// `queue_full`.
+    pub max_waiting: u32,
+    /// How long one may wait, in milliseconds, before its `503 queue_timeout`.
+    pub timeout_ms: u64,
+}
+
+impl QueueSettings {
+    /// Checks the bounds: `max_waiting` 1..=1000000, `timeout_ms` 1..=3600000.
+    pub fn validate(self) -> Result<Self, String> {
+        if !(1..=MAX_WAITING).contains(&self.max_waiting) {
+            return Err(format!(
+                "\"queue\".\"max_waiting\" must be between 1 and {MAX_WAITING} (got {})",
+                self.max_waiting
+            ));
+        }
+        if !(1..=MAX_TIMEOUT_MS).contains(&self.timeout_ms) {
+            return Err(format!(
+                "\"queue\".\"timeout_ms\" must be between 1 and {MAX_TIMEOUT_MS} (got {})",
+                self.timeout_ms
+            ));
+        }
+        Ok(self)
+    }
+}
+
+struct Waiter {
+    ticket: u64,
+    slot: ResumeSlot,
+    since: Instant,
+    deadline: Instant,
+    /// A wake event is in flight to this waiter.
+    woken: bool,
+}
+
+#[derive(Default)]
+struct ClusterQueue {
+    waiters: VecDeque<Waiter>,
+    timed_out: u64,
+    full: u64,
+    admitted: u64,
+    /// The largest `max_waiting` seen for this cluster (for `/wscap`).
+    max_waiting: u32,
+}
+
+struct Queues {
+    clusters: Mutex<HashMap<String, ClusterQueue>>,
+    /// Wakes the timeout thread when an earlier deadline arrives.
+    changed: Condvar,
+}
+
+static QUEUES: OnceLock<Queues> = OnceLock::new();
+static NEXT_TICKET: AtomicU64 = AtomicU64::new(1);
+/// Waiters over every cluster: lets [`notify`] return at once when nobody waits (no lock).
+static WAITING: AtomicU64 = AtomicU64::new(0);
+
+fn queues() -> &'static Queues {
+    QUEUES.get_or_init(|| {
+        let q = Queues {
+            clusters: Mutex::new(HashMap::new()),
+            changed: Condvar::new(),
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("wscap-queue".to_owned())
+            .spawn(timeout_loop)
+        {
+            crate::log(
+                crate::Level::Error,
+                &format!("wscap: cannot start the queue timeout thread: {e}"),
+            );
+        }
+        q
+    })
+}
+
+fn commit(slot: &ResumeSlot, event: u64) {
+    let resume = slot.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(r) = resume.as_ref() {
+        r.commit(event);
+    }
+}
+
+/// What [`enqueue`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// The stream waits with this ticket.
+    Waiting(u64),
+    /// `max_waiting` streams already wait: refuse with `queue_full`.
+    Full,
+}
+
+/// Puts a paused stream at the back of `cluster`'s queue. When `wake_head` is set (the stream
+/// did not try to acquire because others wait) the head is woken to try.
+pub fn enqueue(
+    cluster: &str,
+    settings: QueueSettings,
+    slot: ResumeSlot,
+    wake_head: bool,
+) -> Enqueued {
+    let q = queues();
+    let mut all = q.clusters.lock().unwrap_or_else(PoisonError::into_inner);
+    let cq = all.entry(cluster.to_owned()).or_default();
+    cq.max_waiting = cq.max_waiting.max(settings.max_waiting);
+    if cq.waiters.len() >= settings.max_waiting as usize {
+        cq.full += 1;
+        return Enqueued::Full;
+    }
+    let ticket = NEXT_TICKET.fetch_add(1, Ordering::Relaxed);
+    cq.waiters.push_back(Waiter {
+        ticket,
+        slot,
+        since: Instant::now(),
+        deadline: Instant::now() + Duration::from_millis(settings.timeout_ms),
+        woken: false,
+    });
+    WAITING.fetch_add(1, Ordering::Relaxed);
+    if wake_head {
+        wake_one(cq);
+    }
+    q.changed.notify_one();
+    Enqueued::Waiting(ticket)
+}
+
+fn wake_one(cq: &mut ClusterQueue) {
+    if let Some(w) = cq.waiters.iter_mut().find(|w| !w.woken) {
+        w.woken = true;
+        commit(&w.slot, EVENT_WAKE);
+    }
+}
+
+/// Are streams waiting on `cluster`? Cheap when nobody waits anywhere.
+pub fn has_waiters(cluster: &str) -> bool {
+    if WAITING.load(Ordering::Relaxed) == 0 {
+        return false;
+    }
+    let all = queues()
+        .clusters
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    all.get(cluster).is_some_and(|c| !c.waiters.is_empty())
+}
+
+/// A slot of `cluster` may have freed: wakes its oldest waiter that is not already woken.
+pub fn notify(cluster: &str) {
+    if WAITING.load(Ordering::Relaxed) == 0 {
+        return;
+    }
+    let mut all = queues()
+        .clusters
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if let Some(cq) = all.get_mut(cluster) {
+        wake_one(cq);
+    }
+}
+
+/// The woken waiter `ticket` found no room: it stays at its place, ready for the next wake.
+/// False when it is no longer queued (its deadline passed meanwhile).
+pub fn stay(cluster: &str, ticket: u64) -> bool {
+    let mut all = queues()
+        .clusters
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let Some(cq) = all.get_mut(cluster) else {
+        return false;
+    };
+    match cq.waiters.iter_mut().find(|w| w.ticket == ticket) {
+        Some(w) => {
+            w.woken = false;
+            true
+        }
+        None => false,
+    }
+}
+
+/// Removes `ticket` from the queue (admitted, or the stream is gone). With `admitted`, the
+/// next waiter is woken: there may be more room.
+pub fn leave(cluster: &str, ticket: u64, admitted: bool) {
+    let mut all = queues()
+        .clusters
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let Some(cq) = all.get_mut(cluster) else {
+        return;
+    };
+    if let Some(i) = cq.waiters.iter().position(|w| w.ticket == ticket) {
+        cq.waiters.remove(i);
+        WAITING.fetch_sub(1, Ordering::Relaxed);
+    }
+    if admitted {
+        cq.admitted += 1;
+        wake_one(cq);
+    }
+}
+
+/// One cluster's queue, for `/wscap`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct QueueView {
+    /// Streams waiting now.
+    pub waiting: usize,
+    /// The configured bound (the largest of the configs that queued here).
+    pub max_waiting: u32,
+    /// Waiters admitted since start.
+    pub admitted: u64,
+    /// Waiters refused with `queue_timeout` since start.
+    pub timed_out: u64,
+    /// Streams refused with `queue_full` since start.
+    pub full: u64,
+    /// How long the oldest waiter has waited, in milliseconds.
+    pub oldest_wait_ms: u64,
+}
+
+/// Every cluster that ever queued, by name.
+pub fn views() -> Vec<(String, QueueView)> {
+    let Some(q) = QUEUES.get() else {
+        return Vec::new();
+    };
+    let all = q.clusters.lock().unwrap_or_else(PoisonError::into_inner);
+    let now = Instant::now();
+    let mut v: Vec<(String, QueueView)> = all
+        .iter()
+        .map(|(name, cq)| {
+            (
+                name.clone(),
+                QueueView {
+                    waiting: cq.waiters.len(),
+                    max_waiting: cq.max_waiting,
+                    admitted: cq.admitted,
+                    timed_out: cq.timed_out,
+                    full: cq.full,
+                    oldest_wait_ms: cq.waiters.front().map_or(0, |w| {
+                        u64::try_from(now.saturating_duration_since(w.since).as_millis())
+                            .unwrap_or(u64::MAX)
+                    }),
+                },
+            )
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// Adds `"queues": {cluster: QueueView}` to `/wscap`'s JSON document (only when a queue was
+/// ever used, so the document is unchanged without the setting).
+pub fn add_to_json(json: String) -> String {
+    let views = views();
+    if views.is_empty() {
+        return json;
+    }
+    let Ok(mut doc) = serde_json::from_str::<serde_json::Value>(&json) else {
+        return json;
+    };
+    if let Some(o) = doc.as_object_mut() {
+        let map: serde_json::Map<String, serde_json::Value> = views
+            .into_iter()
+            .map(|(n, v)| (n, serde_json::to_value(v).unwrap_or_default()))
+            .collect();
+        o.insert("queues".to_owned(), serde_json::Value::Object(map));
+    }
+    format!("{doc}\n")
+}
+
+/// Adds `wscap_waiting{cluster}` to `/wscap?format=prometheus`.
+pub fn add_to_prometheus(mut text: String) -> String {
+    let views = views();
+    if views.is_empty() {
+        return text;
+    }
+    text.push_str("# HELP wscap_waiting WebSockets waiting in the cluster's queue.\n");
+    text.push_str("# TYPE wscap_waiting gauge\n");
+    for (name, v) in views {
+        let name = name.replace('\\', "\\\\").replace('"', "\\\"");
+        text.push_str(&format!(
+            "wscap_waiting{{cluster=\"{name}\"}} {}\n",
+            v.waiting
+        ));
+    }
+    text
+}
+
+/// The timeout thread: sleeps until the earliest deadline, then refuses expired waiters.
+fn timeout_loop() {
+    let q = queues();
+    let mut all = q.clusters.lock().unwrap_or_else(PoisonError::into_inner);
+    loop {
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        for cq in all.values_mut() {
+            let mut kept = VecDeque::with_capacity(cq.waiters.len());
+            for w in cq.waiters.drain(..) {
+                if w.deadline <= now {
+                    commit(&w.slot, EVENT_TIMEOUT);
+                    cq.timed_out += 1;
+                    WAITING.fetch_sub(1, Ordering::Relaxed);
+                } else {
+                    next = Some(next.map_or(w.deadline, |n| n.min(w.deadline)));
+                    kept.push_back(w);
+                }
+            }
+            cq.waiters = kept;
+        }
+        all = match next {
+            Some(t) => {
+                q.changed
+                    .wait_timeout(all, t.saturating_duration_since(Instant::now()))
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0
+            }
+            None => q.changed.wait(all).unwrap_or_else(PoisonError::into_inner),
+        };
+    }
+}
