@@ -26,6 +26,8 @@ pub struct FilterSettings {
     pub retry_after_seconds: u32,
     /// The wait queue (`"queue": {"max_waiting": N, "timeout_ms": T}`); `None`: refuse at once.
     pub queue: Option<crate::queue::QueueSettings>,
+    /// How refusals are answered (`"refuse_with"`: `"503"`, the default, or `"close_1013"`).
+    pub refuse_with: crate::refuse::RefuseWith,
 }
 
 #[derive(Deserialize)]
@@ -35,6 +37,7 @@ struct RawFilter {
     max_connections_per_host: i64,
     retry_after_seconds: Option<i64>,
     queue: Option<crate::queue::QueueSettings>,
+    refuse_with: Option<String>,
 }
 
 /// A route's (or virtual host's) settings over the filter's, from
@@ -150,6 +153,12 @@ pub fn parse_filter(bytes: &[u8]) -> Result<FilterSettings, String> {
             .queue
             .map(crate::queue::QueueSettings::validate)
             .transpose()?,
+        refuse_with: raw
+            .refuse_with
+            .as_deref()
+            .map(crate::refuse::RefuseWith::parse)
+            .transpose()?
+            .unwrap_or_default(),
     })
 }
 
@@ -323,7 +332,8 @@ mod tests {
                 cluster: Some("pods".into()),
                 max_connections_per_host: 20,
                 retry_after_seconds: 9,
-                queue: None
+                queue: None,
+                refuse_with: Default::default()
             }
         );
     }

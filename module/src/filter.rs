@@ -115,6 +115,9 @@ pub trait Stream {
         body: &str,
         details: &str,
     );
+    /// Answers the upgrade itself: `headers` (with `:status 101`), then `frame` (a WebSocket
+    /// close frame) ending the stream (`"refuse_with": "close_1013"`).
+    fn send_upgrade_and_close(&mut self, headers: &[(&str, &str)], frame: &[u8]);
     /// Adds `value` to a labelled counter.
     fn increment_counter(&mut self, id: MetricId, labels: &[&str], value: u64);
     /// A scheduler for this stream (global mode), `None` if Envoy gave none.
@@ -180,6 +183,7 @@ pub struct FilterConfig {
     default_limit: u32,
     retry_after_seconds: u32,
     queue: Option<crate::queue::QueueSettings>,
+    refuse_with: crate::refuse::RefuseWith,
     metrics: FilterMetrics,
     borrower: Option<Arc<dyn Borrower>>,
     /// Set once the "no wscap LB policy on this cluster" warning was logged.
@@ -287,6 +291,7 @@ impl FilterConfig {
             default_limit: settings.max_connections_per_host,
             retry_after_seconds: settings.retry_after_seconds,
             queue: settings.queue,
+            refuse_with: settings.refuse_with,
             metrics,
             borrower: None,
             warned_no_policy: AtomicBool::new(false),
@@ -601,6 +606,25 @@ impl Filter {
             .as_ref()
             .map_or(self.config.retry_after_seconds, |t| t.retry_after_seconds)
             .to_string();
+        if self.config.refuse_with == crate::refuse::RefuseWith::Close1013 {
+            let (key, _) = stream.header(HeaderKind::Request, "sec-websocket-key", 0);
+            if let Some(key) = key {
+                let accept = crate::refuse::accept_key(key);
+                let frame = crate::refuse::close_frame(crate::refuse::TRY_AGAIN_LATER, reason);
+                stream.send_upgrade_and_close(
+                    &[
+                        (":status", "101"),
+                        ("upgrade", "websocket"),
+                        ("connection", "Upgrade"),
+                        ("sec-websocket-accept", accept.as_str()),
+                        ("retry-after", retry_after.as_str()),
+                        ("x-wscap-reason", reason),
+                    ],
+                    &frame,
+                );
+                return;
+            }
+        }
         let body = serde_json::json!({"error": reason, "cluster": self.cluster_name()}).to_string();
         let details = format!("wscap_{reason}");
         stream.send_local_reply(
@@ -955,6 +979,14 @@ mod tests {
                 .collect();
             self.replies.push((status, h, body.to_owned()));
         }
+        fn send_upgrade_and_close(&mut self, headers: &[(&str, &str)], frame: &[u8]) {
+            let h = headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            self.replies
+                .push((101, h, String::from_utf8_lossy(frame).into_owned()));
+        }
         fn increment_counter(&mut self, id: MetricId, labels: &[&str], value: u64) {
             self.counters.push((
                 id.0,
@@ -993,6 +1025,7 @@ mod tests {
             max_connections_per_host: limit,
             retry_after_seconds: 7,
             queue: None,
+            refuse_with: Default::default(),
         };
         let metrics = FilterMetrics {
             admitted: Some(MetricId(ADMITTED)),
@@ -1524,6 +1557,7 @@ mod tests {
             max_connections_per_host: 2,
             retry_after_seconds: 1,
             queue: None,
+            refuse_with: Default::default(),
         };
         let cfg = Arc::new(FilterConfig::new(reg, &settings, FilterMetrics::default()).unwrap());
         // Not (yet) a wscap cluster: untouched.
@@ -1571,6 +1605,7 @@ mod tests {
                     max_connections_per_host: n,
                     retry_after_seconds: 1,
                     queue: None,
+                    refuse_with: Default::default(),
                 },
                 FilterMetrics::default(),
             )

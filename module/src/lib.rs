@@ -30,6 +30,7 @@ pub mod global;
 pub mod hot_restart;
 pub mod lb;
 pub mod queue;
+pub mod refuse;
 
 /// The process-wide registry shared by the filter (workers), the LB policy (main + workers)
 /// and the bootstrap extension (main); with Envoy's hot restart on, its counts are shared with

@@ -55,6 +55,21 @@ extern "C" fn envoy_dynamic_module_callback_http_send_response(
 ) {
 }
 #[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_send_response_headers(
+    _: *mut c_void,
+    _: *const ModuleHeader,
+    _: usize,
+    _: bool,
+) {
+}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_send_response_data(
+    _: *mut c_void,
+    _: ModuleBuffer,
+    _: bool,
+) {
+}
+#[no_mangle]
 extern "C" fn envoy_dynamic_module_callback_http_filter_config_define_counter(
     _: *mut c_void,
     _: ModuleBuffer,
