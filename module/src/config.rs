@@ -28,6 +28,8 @@ pub struct FilterSettings {
     pub queue: Option<crate::queue::QueueSettings>,
     /// How refusals are answered (`"refuse_with"`: `"503"`, the default, or `"close_1013"`).
     pub refuse_with: crate::refuse::RefuseWith,
+    /// `"max_new_per_second_per_host"` and `"warmup_seconds"` (off by default).
+    pub rate: crate::admission::RateSettings,
 }
 
 #[derive(Deserialize)]
@@ -38,6 +40,8 @@ struct RawFilter {
     retry_after_seconds: Option<i64>,
     queue: Option<crate::queue::QueueSettings>,
     refuse_with: Option<String>,
+    max_new_per_second_per_host: Option<i64>,
+    warmup_seconds: Option<i64>,
 }
 
 /// A route's (or virtual host's) settings over the filter's, from
@@ -159,6 +163,10 @@ pub fn parse_filter(bytes: &[u8]) -> Result<FilterSettings, String> {
             .map(crate::refuse::RefuseWith::parse)
             .transpose()?
             .unwrap_or_default(),
+        rate: crate::admission::RateSettings::new(
+            raw.max_new_per_second_per_host,
+            raw.warmup_seconds,
+        )?,
     })
 }
 
@@ -333,7 +341,8 @@ mod tests {
                 max_connections_per_host: 20,
                 retry_after_seconds: 9,
                 queue: None,
-                refuse_with: Default::default()
+                refuse_with: Default::default(),
+                rate: Default::default()
             }
         );
     }

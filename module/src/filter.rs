@@ -184,6 +184,7 @@ pub struct FilterConfig {
     retry_after_seconds: u32,
     queue: Option<crate::queue::QueueSettings>,
     refuse_with: crate::refuse::RefuseWith,
+    rate: crate::admission::RateSettings,
     metrics: FilterMetrics,
     borrower: Option<Arc<dyn Borrower>>,
     /// Set once the "no wscap LB policy on this cluster" warning was logged.
@@ -272,6 +273,9 @@ impl FilterConfig {
                 .cluster_or_create(name)
                 .map_err(|e| e.to_string())?;
         }
+        if settings.rate.is_on() {
+            crate::queue::enable_retry_tick();
+        }
         let claim = NEXT_CLAIM.fetch_add(1, Ordering::Relaxed);
         CLAIMS
             .lock()
@@ -292,6 +296,7 @@ impl FilterConfig {
             retry_after_seconds: settings.retry_after_seconds,
             queue: settings.queue,
             refuse_with: settings.refuse_with,
+            rate: settings.rate,
             metrics,
             borrower: None,
             warned_no_policy: AtomicBool::new(false),
@@ -448,7 +453,7 @@ impl Filter {
         let acquired = if jump {
             Err(Rejected::NoCapacity)
         } else {
-            target.cluster.acquire_with_default(target.limit)
+            self.acquire(&target)
         };
         self.target = Some(target);
         match acquired {
@@ -476,7 +481,7 @@ impl Filter {
             return;
         };
         let outcome = event_outcome(event_id);
-        match target.cluster.acquire_with_default(target.limit) {
+        match self.acquire(target) {
             Ok(permit) => {
                 self.end_wait();
                 if self.admit(stream, permit) == HeadersStatus::Continue {
@@ -803,7 +808,7 @@ impl Filter {
         };
         let name = target.cluster.name().to_owned();
         if event_id == crate::queue::EVENT_WAKE {
-            match target.cluster.acquire_with_default(target.limit) {
+            match self.acquire(&target) {
                 Ok(permit) => {
                     self.queued = None;
                     crate::queue::leave(&name, ticket, true);
@@ -829,6 +834,17 @@ impl Filter {
         crate::queue::leave(&name, ticket, false);
         self.end_wait();
         self.refuse_counted(stream, "queue_timeout");
+    }
+
+    /// Acquires on the stream's cluster: core's lock-free acquire, or, with a per-pod admission
+    /// rate or warmup, among the pods whose allowance is not used up.
+    #[inline]
+    fn acquire(&self, target: &Target) -> Result<Permit, Rejected> {
+        if self.config.rate.is_on() {
+            crate::admission::acquire(&target.cluster, target.limit, self.config.rate)
+        } else {
+            target.cluster.acquire_with_default(target.limit)
+        }
     }
 
     /// Counts (`wscap_rejected{cluster,reason}`) and sends a refusal for a queue reason.
@@ -1026,6 +1042,7 @@ mod tests {
             retry_after_seconds: 7,
             queue: None,
             refuse_with: Default::default(),
+            rate: Default::default(),
         };
         let metrics = FilterMetrics {
             admitted: Some(MetricId(ADMITTED)),
@@ -1558,6 +1575,7 @@ mod tests {
             retry_after_seconds: 1,
             queue: None,
             refuse_with: Default::default(),
+            rate: Default::default(),
         };
         let cfg = Arc::new(FilterConfig::new(reg, &settings, FilterMetrics::default()).unwrap());
         // Not (yet) a wscap cluster: untouched.
@@ -1606,6 +1624,7 @@ mod tests {
                     retry_after_seconds: 1,
                     queue: None,
                     refuse_with: Default::default(),
+                    rate: Default::default(),
                 },
                 FilterMetrics::default(),
             )

@@ -23,6 +23,7 @@ use wscap_core::Registry;
 
 #[allow(unsafe_code)]
 mod abi;
+pub mod admission;
 pub mod bootstrap;
 pub mod config;
 pub mod filter;

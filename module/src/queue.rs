@@ -94,6 +94,16 @@ struct Queues {
 
 static QUEUES: OnceLock<Queues> = OnceLock::new();
 static NEXT_TICKET: AtomicU64 = AtomicU64::new(1);
+/// Period at which the timeout thread wakes each queue's head while a per-pod admission rate
+/// or warmup is configured (room may be there, held back only by the rate).
+pub const RETRY_TICK_MS: u64 = 20;
+static RETRY_TICK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A config with an admission rate exists: waiters are retried every [`RETRY_TICK_MS`] ms.
+pub fn enable_retry_tick() {
+    RETRY_TICK.store(true, Ordering::Relaxed);
+}
+
 /// Waiters over every cluster: lets [`notify`] return at once when nobody waits (no lock).
 static WAITING: AtomicU64 = AtomicU64::new(0);
 
@@ -328,7 +338,15 @@ fn timeout_loop() {
     loop {
         let now = Instant::now();
         let mut next: Option<Instant> = None;
+        let tick = RETRY_TICK.load(Ordering::Relaxed);
         for cq in all.values_mut() {
+            // Rate-limited room: retry the head (only the head, to keep the order).
+            if tick {
+                if let Some(w) = cq.waiters.front_mut().filter(|w| !w.woken) {
+                    w.woken = true;
+                    commit(&w.slot, EVENT_WAKE);
+                }
+            }
             let mut kept = VecDeque::with_capacity(cq.waiters.len());
             for w in cq.waiters.drain(..) {
                 if w.deadline <= now {
@@ -341,6 +359,9 @@ fn timeout_loop() {
                 }
             }
             cq.waiters = kept;
+        }
+        if tick && next.is_some() {
+            next = next.map(|n| n.min(now + Duration::from_millis(RETRY_TICK_MS)));
         }
         all = match next {
             Some(t) => {
