@@ -214,7 +214,7 @@ fn registry_key(registry: &Registry) -> usize {
     std::ptr::from_ref(registry) as usize
 }
 
-/// Sets `cluster`'s default in `registry` from the live claims that govern it (see [`Claim`]);
+/// Sets `cluster`'s default in `registry` from the live claims that govern it (see `Claim`);
 /// nothing when none does. Called when a config comes or goes, and by the LB policy when a
 /// cluster gets it (a config without `"cluster"` governs it from then on).
 pub fn apply_default(registry: &Registry, cluster: &str) {

@@ -374,3 +374,87 @@ fn timeout_loop() {
         };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    struct Log(Arc<Mutex<Vec<(u32, u64)>>>, u32);
+    impl crate::filter::Resume for Log {
+        fn commit(&self, event_id: u64) {
+            self.0.lock().unwrap().push((self.1, event_id));
+        }
+    }
+
+    fn slot(log: &Arc<Mutex<Vec<(u32, u64)>>>, who: u32) -> ResumeSlot {
+        Arc::new(Mutex::new(Some(Box::new(Log(Arc::clone(log), who)))))
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        let ok = QueueSettings {
+            max_waiting: 3,
+            timeout_ms: 100,
+        };
+        assert!(ok.validate().is_ok());
+        assert!(QueueSettings {
+            max_waiting: 0,
+            ..ok
+        }
+        .validate()
+        .is_err());
+        assert!(QueueSettings {
+            timeout_ms: 0,
+            ..ok
+        }
+        .validate()
+        .is_err());
+    }
+
+    #[test]
+    fn fifo_full_leave_and_timeout() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let s = QueueSettings {
+            max_waiting: 3,
+            timeout_ms: 60_000,
+        };
+        let c = "unit-fifo";
+        let t: Vec<u64> = (0..3)
+            .map(|i| match enqueue(c, s, slot(&log, i), false) {
+                Enqueued::Waiting(t) => t,
+                Enqueued::Full => panic!("full"),
+            })
+            .collect();
+        assert_eq!(enqueue(c, s, slot(&log, 9), false), Enqueued::Full);
+        assert!(has_waiters(c));
+        // Waiter 1 hangs up; two releases wake 0 then 2, in order.
+        leave(c, t[1], false);
+        notify(c);
+        notify(c);
+        notify(c); // nobody left to wake
+        assert_eq!(*log.lock().unwrap(), vec![(0, EVENT_WAKE), (2, EVENT_WAKE)]);
+        // 0 lost the race and stays; 2 got in.
+        assert!(stay(c, t[0]));
+        leave(c, t[2], true);
+        assert_eq!(log.lock().unwrap().last(), Some(&(0, EVENT_WAKE)));
+        let v = views().into_iter().find(|(n, _)| n == c).unwrap().1;
+        assert_eq!((v.waiting, v.admitted, v.full), (1, 1, 1));
+        leave(c, t[0], false);
+        assert!(!has_waiters(c));
+
+        // The timeout thread refuses an expired waiter even though nothing is released.
+        let short = QueueSettings {
+            max_waiting: 1,
+            timeout_ms: 20,
+        };
+        let log2 = Arc::new(Mutex::new(Vec::new()));
+        enqueue("unit-timeout", short, slot(&log2, 7), false);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while log2.lock().unwrap().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(*log2.lock().unwrap(), vec![(7, EVENT_TIMEOUT)]);
+        assert!(!has_waiters("unit-timeout"));
+    }
+}
