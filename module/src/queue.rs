@@ -413,6 +413,42 @@ mod tests {
     }
 
     #[test]
+    fn filter_and_route_configs_parse_the_new_fields() {
+        use crate::config::{parse_filter, parse_route};
+        let f = parse_filter(
+            br#"{"max_connections_per_host":3,"queue":{"max_waiting":5,"timeout_ms":900},
+                "max_new_per_second_per_host":40,"warmup_seconds":30,"refuse_with":"close_1013"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            f.queue,
+            Some(QueueSettings {
+                max_waiting: 5,
+                timeout_ms: 900
+            })
+        );
+        assert_eq!(f.rate.per_second, Some(40));
+        assert_eq!(f.rate.warmup_seconds, Some(30));
+        assert_eq!(f.refuse_with, crate::refuse::RefuseWith::Close1013);
+        let off = parse_filter(br#"{"max_connections_per_host":3}"#).unwrap();
+        assert_eq!(off.queue, None);
+        assert!(!off.rate.is_on());
+        assert_eq!(off.refuse_with, crate::refuse::RefuseWith::Status503);
+        for bad in [
+            r#"{"max_connections_per_host":3,"queue":{"max_waiting":0,"timeout_ms":9}}"#,
+            r#"{"max_connections_per_host":3,"queue":{"max_waiting":1}}"#,
+            r#"{"max_connections_per_host":3,"queue":{"max_waiting":1,"timeout_ms":9,"x":1}}"#,
+            r#"{"max_connections_per_host":3,"max_new_per_second_per_host":0}"#,
+            r#"{"max_connections_per_host":3,"warmup_seconds":-5}"#,
+            r#"{"max_connections_per_host":3,"refuse_with":"close"}"#,
+        ] {
+            assert!(parse_filter(bad.as_bytes()).is_err(), "{bad}");
+        }
+        let r = parse_route(br#"{"queue":{"max_waiting":2,"timeout_ms":50}}"#).unwrap();
+        assert_eq!(r.queue.map(|q| q.max_waiting), Some(2));
+    }
+
+    #[test]
     fn fifo_full_leave_and_timeout() {
         let log = Arc::new(Mutex::new(Vec::new()));
         let s = QueueSettings {
