@@ -174,6 +174,20 @@ impl Backend {
         best
     }
 
+    /// Time from this backend's first accepted upgrade to its last.
+    pub fn opens_span(&self) -> std::time::Duration {
+        let t = self
+            .shared
+            .opened_at
+            .lock()
+            .map(|t| t.clone())
+            .unwrap_or_default();
+        match (t.iter().min(), t.iter().max()) {
+            (Some(a), Some(b)) => b.duration_since(*a),
+            _ => std::time::Duration::ZERO,
+        }
+    }
+
     /// Upgrades this backend refused (while in refuse mode).
     pub fn refused(&self) -> usize {
         self.shared.refused.load(Ordering::SeqCst)
