@@ -153,6 +153,93 @@ extern "C" fn envoy_dynamic_module_callback_http_send_response(
     _: Buf,
 ) {
 }
+// Callbacks added since this fake host was written: the stream is routed to `pods` (no
+// per-route config); the bootstrap's counters/histograms and cluster lifecycle are inert; every
+// host is healthy.
+#[no_mangle]
+unsafe extern "C" fn envoy_dynamic_module_callback_http_get_cluster_name(
+    _: *mut c_void,
+    out: *mut Buf,
+) -> bool {
+    // SAFETY: out-pointer from the module.
+    unsafe { put(out, b"pods") };
+    true
+}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_get_most_specific_route_config(
+    _: *mut c_void,
+) -> *const c_void {
+    std::ptr::null()
+}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_bootstrap_extension_config_define_counter(
+    _: *mut c_void,
+    _: Buf,
+    _: *const Buf,
+    _: usize,
+    _: *mut usize,
+) -> i32 {
+    1
+}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_bootstrap_extension_config_increment_counter(
+    _: *mut c_void,
+    _: usize,
+    _: *const Buf,
+    _: usize,
+    _: u64,
+) -> i32 {
+    1
+}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_bootstrap_extension_config_define_histogram(
+    _: *mut c_void,
+    _: Buf,
+    _: *const Buf,
+    _: usize,
+    _: *mut usize,
+) -> i32 {
+    1
+}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_bootstrap_extension_config_record_histogram_value(
+    _: *mut c_void,
+    _: usize,
+    _: *const Buf,
+    _: usize,
+    _: u64,
+) -> i32 {
+    1
+}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_bootstrap_extension_enable_cluster_lifecycle(
+    _: *mut c_void,
+) -> bool {
+    false
+}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_lb_get_host_health(
+    _: *mut c_void,
+    _: u32,
+    _: usize,
+) -> i32 {
+    2
+}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_send_response_headers(
+    _: *mut c_void,
+    _: *const c_void,
+    _: usize,
+    _: bool,
+) {
+}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_send_response_data(
+    _: *mut c_void,
+    _: Buf,
+    _: bool,
+) {
+}
 #[no_mangle]
 extern "C" fn envoy_dynamic_module_callback_http_filter_scheduler_new(
     _: *mut c_void,
@@ -431,6 +518,12 @@ fn drive(so: &Path, scenario: &str, n: usize) -> Result<(), String> {
             m.sym::<Choose>("envoy_dynamic_module_on_lb_choose_host")?,
         )
     };
+    let filter_config: &'static [u8] = match std::env::var("WSCAP_HOOKCOST_FILTER_CONFIG") {
+        Ok(c) => Box::leak(c.into_bytes().into_boxed_slice()),
+        Err(_) => {
+            br#"{"cluster": "pods", "max_connections_per_host": 1000000, "retry_after_seconds": 5}"#
+        }
+    };
     let host = std::ptr::dangling_mut::<c_void>(); // config and LB handles: never dereferenced
     let b = |s: &'static [u8]| Buf::of(s);
     // SAFETY: the hooks are called in Envoy's order with the handles they returned; every
@@ -442,7 +535,8 @@ fn drive(so: &Path, scenario: &str, n: usize) -> Result<(), String> {
         let fcfg = fcfg_new(
             host,
             b(b"wscap"),
-            b(br#"{"cluster": "pods", "max_connections_per_host": 1000000, "retry_after_seconds": 5}"#),
+            // `WSCAP_HOOKCOST_FILTER_CONFIG` measures another filter config (e.g. with the queue).
+            b(filter_config),
         );
         if fcfg.is_null() {
             return Err("the filter config was refused".into());
