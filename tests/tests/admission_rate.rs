@@ -113,6 +113,22 @@ async fn storm(port: u16) -> (Vec<WsClient>, Vec<wscap_e2e::http::Response>) {
     (open, refused)
 }
 
+/// The client has its 101 a moment before the pod has counted the connection: wait for the
+/// pod's own count to reach the number the clients saw.
+async fn settle(pod: &Backend, n: usize) {
+    eventually(
+        "the new pod counted every admitted connection",
+        SETTLE,
+        || async {
+            let got = pod.accepted();
+            (got >= n)
+                .then_some(())
+                .ok_or(format!("accepted {got}, clients saw {n}"))
+        },
+    )
+    .await;
+}
+
 async fn finish(s: Setup, open: Vec<WsClient>) {
     for c in s.held.into_iter().chain(open) {
         c.close().await;
@@ -138,6 +154,7 @@ async fn rate_caps_a_new_pods_opens_and_refuses_the_excess() {
     let s = setup(json!({"max_new_per_second_per_host": RATE})).await;
     let (open, refused) = storm(s.port).await;
     let new = &s.pods[2];
+    settle(new, open.len()).await;
     let peak = new.max_opens_per_second();
     eprintln!(
         "rate {RATE}/s: {} admitted, {} refused; the new pod's most opens in one second: {peak}",
@@ -177,6 +194,7 @@ async fn warmup_and_rate_with_queue_admit_the_whole_storm_at_the_pods_pace() {
     let (open, refused) = storm(s.port).await;
     let took = started.elapsed();
     let new = &s.pods[2];
+    settle(new, open.len()).await;
     let peak = new.max_opens_per_second();
     eprintln!(
         "rate {RATE}/s + warmup 2 s + queue: {} admitted, {} refused in {took:?}; peak opens/s {peak}",
