@@ -503,6 +503,51 @@ impl Cluster {
         self.acquire_for(Some(default))
     }
 
+    /// [`Cluster::acquire_with_default`] among the hosts `allow` accepts only (the Envoy module's
+    /// per-host admission rate): the best host with room that `allow` accepts. `allow` is called
+    /// only for hosts with room. A refusal because `allow` refused every host with room is
+    /// [`Rejected::NoCapacity`].
+    ///
+    /// ```
+    /// # use wscap_core::{Registry, HostSpec, Rejected};
+    /// let reg = Registry::new();
+    /// let c = reg.set_default_limit("c", 5).unwrap();
+    /// c.set_hosts(&[HostSpec::parse("10.0.0.1:80").unwrap(), HostSpec::parse("10.0.0.2:80").unwrap()]);
+    /// let p = c.acquire_where(5, |h| h.as_str() == "10.0.0.2:80").unwrap();
+    /// assert_eq!(p.host().as_str(), "10.0.0.2:80");
+    /// assert_eq!(c.acquire_where(5, |_| false).unwrap_err(), Rejected::NoCapacity);
+    /// ```
+    pub fn acquire_where(
+        &self,
+        default: u32,
+        mut allow: impl FnMut(&HostAddr) -> bool,
+    ) -> Result<Permit, Rejected> {
+        let hosts = self.0.hosts.load();
+        let list = &hosts.list;
+        let default = Some(default);
+        loop {
+            let mut best: Option<Candidate<'_>> = None;
+            for slot in list.iter() {
+                let mut one = None;
+                consider(slot, default, &mut one);
+                if one.is_some() && allow(&slot.addr) {
+                    consider(slot, default, &mut best);
+                }
+            }
+            let Some((slot, _, _)) = best else {
+                return Err(self.refuse(list));
+            };
+            match slot.try_acquire(default) {
+                Ok(now) => {
+                    slot.note_admission(now);
+                    return Ok(Permit::new(Arc::clone(slot)));
+                }
+                Err(Refusal::Vacated) => slot.vacated(),
+                Err(_) => {}
+            }
+        }
+    }
+
     #[inline]
     fn acquire_for(&self, default: Option<u32>) -> Result<Permit, Rejected> {
         let hosts = self.0.hosts.load();

@@ -433,8 +433,14 @@ pub fn admin(
         };
     }
     match format {
-        "json" => (200, crate::close::with_drains(snapshot().to_json())),
-        "prometheus" => (200, snapshot().to_prometheus()),
+        "json" => (
+            200,
+            crate::close::with_drains(crate::queue::add_to_json(snapshot().to_json())),
+        ),
+        "prometheus" => (
+            200,
+            crate::queue::add_to_prometheus(snapshot().to_prometheus()),
+        ),
         other => error(
             400,
             &format!("unknown format {other:?}: use json or prometheus"),

@@ -24,6 +24,12 @@ pub struct FilterSettings {
     pub max_connections_per_host: u32,
     /// Value of the `retry-after` header on refusals.
     pub retry_after_seconds: u32,
+    /// The wait queue (`"queue": {"max_waiting": N, "timeout_ms": T}`); `None`: refuse at once.
+    pub queue: Option<crate::queue::QueueSettings>,
+    /// How refusals are answered (`"refuse_with"`: `"503"`, the default, or `"close_1013"`).
+    pub refuse_with: crate::refuse::RefuseWith,
+    /// `"max_new_per_second_per_host"` and `"warmup_seconds"` (off by default).
+    pub rate: crate::admission::RateSettings,
 }
 
 #[derive(Deserialize)]
@@ -38,6 +44,10 @@ struct RawFilter {
     /// Read by [`crate::close::parse_policy`].
     #[allow(dead_code)]
     drain_removed_seconds: Option<serde::de::IgnoredAny>,
+    queue: Option<crate::queue::QueueSettings>,
+    refuse_with: Option<String>,
+    max_new_per_second_per_host: Option<i64>,
+    warmup_seconds: Option<i64>,
 }
 
 /// A route's (or virtual host's) settings over the filter's, from
@@ -52,6 +62,8 @@ pub struct RouteSettings {
     pub retry_after_seconds: Option<u32>,
     /// This route's WebSockets pass uncounted and unsteered.
     pub disabled: bool,
+    /// This route's wait queue, over the filter's.
+    pub queue: Option<crate::queue::QueueSettings>,
 }
 
 #[derive(Deserialize)]
@@ -60,6 +72,7 @@ struct RawRoute {
     max_connections_per_host: Option<i64>,
     retry_after_seconds: Option<i64>,
     disabled: Option<bool>,
+    queue: Option<crate::queue::QueueSettings>,
 }
 
 /// The LB policy's config. Every field is optional: `{}` (or an empty value) works.
@@ -146,6 +159,20 @@ pub fn parse_filter(bytes: &[u8]) -> Result<FilterSettings, String> {
             raw.retry_after_seconds
                 .unwrap_or(i64::from(DEFAULT_RETRY_AFTER_SECONDS)),
         )?,
+        queue: raw
+            .queue
+            .map(crate::queue::QueueSettings::validate)
+            .transpose()?,
+        refuse_with: raw
+            .refuse_with
+            .as_deref()
+            .map(crate::refuse::RefuseWith::parse)
+            .transpose()?
+            .unwrap_or_default(),
+        rate: crate::admission::RateSettings::new(
+            raw.max_new_per_second_per_host,
+            raw.warmup_seconds,
+        )?,
     })
 }
 
@@ -184,7 +211,7 @@ fn retry_field(retry: i64) -> Result<u32, String> {
 /// ```
 pub fn parse_route(bytes: &[u8]) -> Result<RouteSettings, String> {
     let text = utf8(bytes)?;
-    const EXPECTED: &str = "expected one or more of \"max_connections_per_host\", \"retry_after_seconds\", \"disabled\"";
+    const EXPECTED: &str = "expected one or more of \"max_connections_per_host\", \"retry_after_seconds\", \"disabled\", \"queue\"";
     if text.trim().is_empty() {
         return Err(format!("per-route config is empty: {EXPECTED}"));
     }
@@ -192,6 +219,7 @@ pub fn parse_route(bytes: &[u8]) -> Result<RouteSettings, String> {
     if raw.max_connections_per_host.is_none()
         && raw.retry_after_seconds.is_none()
         && raw.disabled.is_none()
+        && raw.queue.is_none()
     {
         return Err(format!("per-route config is empty: {EXPECTED}"));
     }
@@ -199,6 +227,10 @@ pub fn parse_route(bytes: &[u8]) -> Result<RouteSettings, String> {
         max_connections_per_host: raw.max_connections_per_host.map(limit_field).transpose()?,
         retry_after_seconds: raw.retry_after_seconds.map(retry_field).transpose()?,
         disabled: raw.disabled.unwrap_or(false),
+        queue: raw
+            .queue
+            .map(crate::queue::QueueSettings::validate)
+            .transpose()?,
     })
 }
 
@@ -313,7 +345,10 @@ mod tests {
             FilterSettings {
                 cluster: Some("pods".into()),
                 max_connections_per_host: 20,
-                retry_after_seconds: 9
+                retry_after_seconds: 9,
+                queue: None,
+                refuse_with: Default::default(),
+                rate: Default::default()
             }
         );
     }
@@ -360,7 +395,8 @@ mod tests {
             RouteSettings {
                 max_connections_per_host: Some(4),
                 retry_after_seconds: Some(2),
-                disabled: false
+                disabled: false,
+                queue: None
             }
         );
         assert!(r("").unwrap_err().contains("empty"));

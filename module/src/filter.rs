@@ -115,6 +115,9 @@ pub trait Stream {
         body: &str,
         details: &str,
     );
+    /// Answers the upgrade itself: `headers` (with `:status 101`), then `frame` (a WebSocket
+    /// close frame) ending the stream (`"refuse_with": "close_1013"`).
+    fn send_upgrade_and_close(&mut self, headers: &[(&str, &str)], frame: &[u8]);
     /// Adds `value` to a labelled counter.
     fn increment_counter(&mut self, id: MetricId, labels: &[&str], value: u64);
     /// A scheduler for this stream (global mode), `None` if Envoy gave none.
@@ -182,6 +185,9 @@ pub struct FilterConfig {
     one: Option<String>,
     default_limit: u32,
     retry_after_seconds: u32,
+    queue: Option<crate::queue::QueueSettings>,
+    refuse_with: crate::refuse::RefuseWith,
+    rate: crate::admission::RateSettings,
     metrics: FilterMetrics,
     borrower: Option<Arc<dyn Borrower>>,
     /// Set once the "no wscap LB policy on this cluster" warning was logged.
@@ -270,6 +276,9 @@ impl FilterConfig {
                 .cluster_or_create(name)
                 .map_err(|e| e.to_string())?;
         }
+        if settings.rate.is_on() {
+            crate::queue::enable_retry_tick();
+        }
         let claim = NEXT_CLAIM.fetch_add(1, Ordering::Relaxed);
         CLAIMS
             .lock()
@@ -288,6 +297,9 @@ impl FilterConfig {
             one: settings.cluster.clone(),
             default_limit: settings.max_connections_per_host,
             retry_after_seconds: settings.retry_after_seconds,
+            queue: settings.queue,
+            refuse_with: settings.refuse_with,
+            rate: settings.rate,
             metrics,
             borrower: None,
             warned_no_policy: AtomicBool::new(false),
@@ -362,6 +374,8 @@ struct Target {
     /// The default per-host limit for this stream: its route's, else the filter's.
     limit: u32,
     retry_after_seconds: u32,
+    /// The wait queue that applies (the route's, else the filter's); `None`: refuse at once.
+    queue: Option<crate::queue::QueueSettings>,
 }
 
 /// One HTTP stream. Holds at most one permit, released on the first close path.
@@ -376,6 +390,8 @@ pub struct Filter {
     borrows: u32,
     /// An upgraded stream's place among the closable ones ([`crate::close`]).
     closing: Option<crate::close::Registration>,
+    /// The stream's ticket while it waits in its cluster's queue.
+    queued: Option<u64>,
 }
 
 impl Filter {
@@ -389,6 +405,7 @@ impl Filter {
             waiting: None,
             borrows: 0,
             closing: None,
+            queued: None,
         }
     }
 
@@ -435,12 +452,24 @@ impl Filter {
             retry_after_seconds: route
                 .retry_after_seconds
                 .unwrap_or(self.config.retry_after_seconds),
+            queue: route.queue.or(self.config.queue),
         };
-        let acquired = target.cluster.acquire_with_default(target.limit);
+        // With a queue, a newcomer does not jump ahead of streams that already wait.
+        let jump = target.queue.is_some() && crate::queue::has_waiters(target.cluster.name());
+        let acquired = if jump {
+            Err(Rejected::NoCapacity)
+        } else {
+            self.acquire(&target)
+        };
         self.target = Some(target);
         match acquired {
             Ok(permit) => self.admit(stream, permit),
-            Err(Rejected::NoCapacity) if self.borrow(stream) => HeadersStatus::Pause,
+            Err(Rejected::NoCapacity) if !jump && self.borrow(stream) => HeadersStatus::Pause,
+            Err(Rejected::NoCapacity)
+                if self.target.as_ref().is_some_and(|t| t.queue.is_some()) =>
+            {
+                self.enqueue(stream, jump)
+            }
             Err(rejected) => self.reject(stream, rejected),
         }
     }
@@ -456,11 +485,15 @@ impl Filter {
         if self.phase != Phase::Waiting {
             return;
         }
+        if event_id == crate::queue::EVENT_WAKE || event_id == crate::queue::EVENT_TIMEOUT {
+            self.on_queue_event(stream, event_id);
+            return;
+        }
         let Some(target) = &self.target else {
             return;
         };
         let outcome = event_outcome(event_id);
-        match target.cluster.acquire_with_default(target.limit) {
+        match self.acquire(target) {
             Ok(permit) => {
                 self.end_wait();
                 if self.admit(stream, permit) == HeadersStatus::Continue {
@@ -472,6 +505,13 @@ impl Filter {
                 if outcome == Some(BorrowOutcome::Granted)
                     && self.borrows < MAX_BORROWS
                     && self.borrow(stream) => {}
+            Err(Rejected::NoCapacity)
+                if self.target.as_ref().is_some_and(|t| t.queue.is_some()) =>
+            {
+                if self.enqueue(stream, false) != HeadersStatus::Pause {
+                    self.end_wait();
+                }
+            }
             Err(rejected) => {
                 self.end_wait();
                 self.reject(stream, rejected);
@@ -583,6 +623,25 @@ impl Filter {
             .as_ref()
             .map_or(self.config.retry_after_seconds, |t| t.retry_after_seconds)
             .to_string();
+        if self.config.refuse_with == crate::refuse::RefuseWith::Close1013 {
+            let (key, _) = stream.header(HeaderKind::Request, "sec-websocket-key", 0);
+            if let Some(key) = key {
+                let accept = crate::refuse::accept_key(key);
+                let frame = crate::refuse::close_frame(crate::refuse::TRY_AGAIN_LATER, reason);
+                stream.send_upgrade_and_close(
+                    &[
+                        (":status", "101"),
+                        ("upgrade", "websocket"),
+                        ("connection", "Upgrade"),
+                        ("sec-websocket-accept", accept.as_str()),
+                        ("retry-after", retry_after.as_str()),
+                        ("x-wscap-reason", reason),
+                    ],
+                    &frame,
+                );
+                return;
+            }
+        }
         let body = serde_json::json!({"error": reason, "cluster": self.cluster_name()}).to_string();
         let details = format!("wscap_{reason}");
         stream.send_local_reply(
@@ -726,7 +785,101 @@ impl Filter {
             }
             drop(permit);
             self.phase = Phase::Released;
+            crate::queue::notify(self.cluster_name());
         }
+    }
+}
+
+/// The wait queue (see [`crate::queue`]).
+impl Filter {
+    /// Pauses the stream in its cluster's queue, or refuses it with `queue_full`. `wake_head`:
+    /// the stream did not try to acquire (others wait), so the head is woken to try.
+    fn enqueue(&mut self, stream: &mut impl Stream, wake_head: bool) -> HeadersStatus {
+        let Some(settings) = self.target.as_ref().and_then(|t| t.queue) else {
+            return self.reject(stream, Rejected::NoCapacity);
+        };
+        let slot = match &self.waiting {
+            Some(slot) => Arc::clone(slot),
+            None => {
+                let Some(resume) = stream.new_resume() else {
+                    return self.reject(stream, Rejected::NoCapacity);
+                };
+                let slot: ResumeSlot = Arc::new(Mutex::new(Some(resume)));
+                self.waiting = Some(Arc::clone(&slot));
+                slot
+            }
+        };
+        match crate::queue::enqueue(self.cluster_name(), settings, slot, wake_head) {
+            crate::queue::Enqueued::Waiting(ticket) => {
+                self.queued = Some(ticket);
+                self.phase = Phase::Waiting;
+                HeadersStatus::Pause
+            }
+            crate::queue::Enqueued::Full => {
+                self.end_wait();
+                self.refuse_counted(stream, "queue_full");
+                HeadersStatus::StopIteration
+            }
+        }
+    }
+
+    /// A queue event on the stream's worker: a wake (acquire; admitted, or stay in place) or
+    /// the deadline (`503 queue_timeout`).
+    fn on_queue_event(&mut self, stream: &mut impl Stream, event_id: u64) {
+        let Some(ticket) = self.queued else {
+            return;
+        };
+        let Some(target) = self.target.clone() else {
+            return;
+        };
+        let name = target.cluster.name().to_owned();
+        if event_id == crate::queue::EVENT_WAKE {
+            match self.acquire(&target) {
+                Ok(permit) => {
+                    self.queued = None;
+                    crate::queue::leave(&name, ticket, true);
+                    self.end_wait();
+                    if self.admit(stream, permit) == HeadersStatus::Continue {
+                        stream.continue_decoding();
+                    }
+                    return;
+                }
+                // Lost the race: keep the place (FIFO), unless the deadline took it meanwhile.
+                Err(Rejected::NoCapacity) if crate::queue::stay(&name, ticket) => return,
+                Err(Rejected::NoCapacity) => {}
+                Err(rejected) => {
+                    self.queued = None;
+                    crate::queue::leave(&name, ticket, false);
+                    self.end_wait();
+                    self.reject(stream, rejected);
+                    return;
+                }
+            }
+        }
+        self.queued = None;
+        crate::queue::leave(&name, ticket, false);
+        self.end_wait();
+        self.refuse_counted(stream, "queue_timeout");
+    }
+
+    /// Acquires on the stream's cluster: core's lock-free acquire, or, with a per-pod admission
+    /// rate or warmup, among the pods whose allowance is not used up.
+    #[inline]
+    fn acquire(&self, target: &Target) -> Result<Permit, Rejected> {
+        if self.config.rate.is_on() {
+            crate::admission::acquire(&target.cluster, target.limit, self.config.rate)
+        } else {
+            target.cluster.acquire_with_default(target.limit)
+        }
+    }
+
+    /// Counts (`wscap_rejected{cluster,reason}`) and sends a refusal for a queue reason.
+    fn refuse_counted(&mut self, stream: &mut impl Stream, reason: &str) {
+        if let Some(id) = self.config.metrics.rejected {
+            let cluster = self.cluster_name().to_owned();
+            stream.increment_counter(id, &[&cluster, reason], 1);
+        }
+        self.refuse(stream, reason);
     }
 }
 
@@ -734,6 +887,10 @@ impl Drop for Filter {
     fn drop(&mut self) {
         // `destroy`: the last close path. `Option::take` makes a second release impossible.
         // A borrow may still be in flight: its scheduler is deleted here, under the slot's lock.
+        // A stream that waits in its cluster's queue leaves it at once.
+        if let Some(ticket) = self.queued.take() {
+            crate::queue::leave(self.cluster_name(), ticket, false);
+        }
         self.end_wait();
         self.release();
     }
@@ -864,6 +1021,14 @@ mod tests {
                 .collect();
             self.replies.push((status, h, body.to_owned()));
         }
+        fn send_upgrade_and_close(&mut self, headers: &[(&str, &str)], frame: &[u8]) {
+            let h = headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            self.replies
+                .push((101, h, String::from_utf8_lossy(frame).into_owned()));
+        }
         fn increment_counter(&mut self, id: MetricId, labels: &[&str], value: u64) {
             self.counters.push((
                 id.0,
@@ -901,6 +1066,9 @@ mod tests {
             cluster: Some("pods".into()),
             max_connections_per_host: limit,
             retry_after_seconds: 7,
+            queue: None,
+            refuse_with: Default::default(),
+            rate: Default::default(),
         };
         let metrics = FilterMetrics {
             admitted: Some(MetricId(ADMITTED)),
@@ -1381,6 +1549,7 @@ mod tests {
             max_connections_per_host: Some(1),
             retry_after_seconds: Some(42),
             disabled: false,
+            queue: None,
         };
         let mut held = Vec::new();
         let mut f = Fake::ws();
@@ -1430,6 +1599,9 @@ mod tests {
             cluster: None,
             max_connections_per_host: 2,
             retry_after_seconds: 1,
+            queue: None,
+            refuse_with: Default::default(),
+            rate: Default::default(),
         };
         let cfg = Arc::new(FilterConfig::new(reg, &settings, FilterMetrics::default()).unwrap());
         // Not (yet) a wscap cluster: untouched.
@@ -1476,6 +1648,9 @@ mod tests {
                     cluster: Some("shared".into()),
                     max_connections_per_host: n,
                     retry_after_seconds: 1,
+                    queue: None,
+                    refuse_with: Default::default(),
+                    rate: Default::default(),
                 },
                 FilterMetrics::default(),
             )

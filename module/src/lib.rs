@@ -23,6 +23,7 @@ use wscap_core::Registry;
 
 #[allow(unsafe_code)]
 mod abi;
+pub mod admission;
 pub mod bootstrap;
 pub mod close;
 pub mod config;
@@ -30,6 +31,8 @@ pub mod filter;
 pub mod global;
 pub mod hot_restart;
 pub mod lb;
+pub mod queue;
+pub mod refuse;
 
 /// The process-wide registry shared by the filter (workers), the LB policy (main + workers)
 /// and the bootstrap extension (main); with Envoy's hot restart on, its counts are shared with

@@ -54,6 +54,8 @@ struct Shared {
     refuse_with: AtomicU16,
     next_id: AtomicU64,
     conns: Mutex<HashMap<u64, Conn>>,
+    /// When each accepted upgrade was accepted.
+    opened_at: Mutex<Vec<std::time::Instant>>,
 }
 
 /// Decrements the backend's live count when a connection task ends (also when aborted).
@@ -149,6 +151,41 @@ impl Backend {
     /// WebSocket upgrades this backend accepted in total.
     pub fn accepted(&self) -> usize {
         self.shared.accepted.load(Ordering::SeqCst)
+    }
+
+    /// The most upgrades this backend accepted within any one-second window, as its own clock
+    /// measured them (sliding window over the accept times).
+    pub fn max_opens_per_second(&self) -> usize {
+        let mut t = self
+            .shared
+            .opened_at
+            .lock()
+            .map(|t| t.clone())
+            .unwrap_or_default();
+        t.sort();
+        let mut best = 0;
+        let mut lo = 0;
+        for hi in 0..t.len() {
+            while t[hi].duration_since(t[lo]) >= std::time::Duration::from_secs(1) {
+                lo += 1;
+            }
+            best = best.max(hi + 1 - lo);
+        }
+        best
+    }
+
+    /// Time from this backend's first accepted upgrade to its last.
+    pub fn opens_span(&self) -> std::time::Duration {
+        let t = self
+            .shared
+            .opened_at
+            .lock()
+            .map(|t| t.clone())
+            .unwrap_or_default();
+        match (t.iter().min(), t.iter().max()) {
+            (Some(a), Some(b)) => b.duration_since(*a),
+            _ => std::time::Duration::ZERO,
+        }
     }
 
     /// Upgrades this backend refused (while in refuse mode).
@@ -287,6 +324,9 @@ async fn websocket(sock: TcpStream, sh: Arc<Shared>, name: String) {
         sh.max.fetch_max(still_open + 1, Ordering::SeqCst);
         sh.active.fetch_add(1, Ordering::SeqCst);
         sh.accepted.fetch_add(1, Ordering::SeqCst);
+        if let Ok(mut t) = sh.opened_at.lock() {
+            t.push(std::time::Instant::now());
+        }
         m.insert(
             id,
             Conn {

@@ -43,6 +43,8 @@ pub struct RigSpec {
     pub route_idle_timeout: Option<String>,
     /// Extra Envoy command-line arguments.
     pub envoy_args: Vec<String>,
+    /// Extra fields merged into the filter's JSON config (e.g. `"queue"`).
+    pub filter_extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl RigSpec {
@@ -56,6 +58,7 @@ impl RigSpec {
             dead_endpoints: 0,
             route_idle_timeout: None,
             envoy_args: Vec::new(),
+            filter_extra: serde_json::Map::new(),
         }
     }
 }
@@ -101,14 +104,16 @@ impl Rig {
             eps.push(Endpoint::new(addr));
             dead_sockets.push(sock);
         }
+        let mut filter: serde_json::Value =
+            serde_json::from_str(&config::filter_config(CLUSTER, spec.limit, RETRY_AFTER))
+                .expect("filter config");
+        if let Some(o) = filter.as_object_mut() {
+            o.extend(spec.filter_extra.clone());
+        }
         let mut l = ListenerSpec::new(
             LISTENER,
             CLUSTER,
-            vec![config::wscap_filter(&config::filter_config(
-                CLUSTER,
-                spec.limit,
-                RETRY_AFTER,
-            ))],
+            vec![config::wscap_filter(&filter.to_string())],
         );
         l.route_idle_timeout = spec.route_idle_timeout.clone();
         let boot = config::bootstrap(

@@ -153,6 +153,9 @@ extern "C" fn envoy_dynamic_module_callback_http_send_response(
     _: Buf,
 ) {
 }
+// Callbacks added since this fake host was written: the stream is routed to `pods` (no
+// per-route config); the bootstrap's counters/histograms and cluster lifecycle are inert; every
+// host is healthy.
 #[no_mangle]
 unsafe extern "C" fn envoy_dynamic_module_callback_http_get_cluster_name(
     _: *mut c_void,
@@ -220,7 +223,22 @@ extern "C" fn envoy_dynamic_module_callback_lb_get_host_health(
     _: u32,
     _: usize,
 ) -> i32 {
-    2 // healthy
+    2
+}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_send_response_headers(
+    _: *mut c_void,
+    _: *const c_void,
+    _: usize,
+    _: bool,
+) {
+}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_send_response_data(
+    _: *mut c_void,
+    _: Buf,
+    _: bool,
+) {
 }
 // A scheduler (never fired): every upgraded stream registers one for chosen closes, so its
 // cost is in the handshake's count.
@@ -236,13 +254,6 @@ extern "C" fn envoy_dynamic_module_callback_http_filter_scheduler_commit(_: *mut
 extern "C" fn envoy_dynamic_module_callback_http_filter_scheduler_delete(_: *mut c_void) {}
 #[no_mangle]
 extern "C" fn envoy_dynamic_module_callback_http_filter_continue_decoding(_: *mut c_void) {}
-#[no_mangle]
-extern "C" fn envoy_dynamic_module_callback_http_send_response_data(
-    _: *mut c_void,
-    _: Buf,
-    _: bool,
-) {
-}
 #[no_mangle]
 extern "C" fn envoy_dynamic_module_callback_http_filter_reset_stream(
     _: *mut c_void,
@@ -516,6 +527,12 @@ fn drive(so: &Path, scenario: &str, n: usize) -> Result<(), String> {
             m.sym::<Choose>("envoy_dynamic_module_on_lb_choose_host")?,
         )
     };
+    let filter_config: &'static [u8] = match std::env::var("WSCAP_HOOKCOST_FILTER_CONFIG") {
+        Ok(c) => Box::leak(c.into_bytes().into_boxed_slice()),
+        Err(_) => {
+            br#"{"cluster": "pods", "max_connections_per_host": 1000000, "retry_after_seconds": 5}"#
+        }
+    };
     let host = std::ptr::dangling_mut::<c_void>(); // config and LB handles: never dereferenced
     let b = |s: &'static [u8]| Buf::of(s);
     // SAFETY: the hooks are called in Envoy's order with the handles they returned; every
@@ -527,7 +544,8 @@ fn drive(so: &Path, scenario: &str, n: usize) -> Result<(), String> {
         let fcfg = fcfg_new(
             host,
             b(b"wscap"),
-            b(br#"{"cluster": "pods", "max_connections_per_host": 1000000, "retry_after_seconds": 5}"#),
+            // `WSCAP_HOOKCOST_FILTER_CONFIG` measures another filter config (e.g. with the queue).
+            b(filter_config),
         );
         if fcfg.is_null() {
             return Err("the filter config was refused".into());

@@ -102,6 +102,33 @@ impl crate::filter::Stream for EnvoyStream {
         }
     }
 
+    fn send_upgrade_and_close(&mut self, headers: &[(&str, &str)], frame: &[u8]) {
+        let hs: Vec<ModuleHeader> = headers
+            .iter()
+            .map(|(k, v)| ModuleHeader {
+                key_ptr: k.as_ptr().cast(),
+                key_length: k.len(),
+                value_ptr: v.as_ptr().cast(),
+                value_length: v.len(),
+            })
+            .collect();
+        let data = ModuleBuffer {
+            ptr: frame.as_ptr().cast(),
+            length: frame.len(),
+        };
+        // SAFETY: live filter handle; the header array, the strings it points at and the frame
+        // outlive the calls; Envoy copies them.
+        unsafe {
+            envoy_dynamic_module_callback_http_send_response_headers(
+                self.0,
+                hs.as_ptr(),
+                hs.len(),
+                false,
+            );
+            envoy_dynamic_module_callback_http_send_response_data(self.0, data, true);
+        }
+    }
+
     fn increment_counter(&mut self, id: MetricId, labels: &[&str], value: u64) {
         let (bufs, n) = label_buffers(labels);
         // SAFETY: live filter handle; `n` label buffers valid for the call.

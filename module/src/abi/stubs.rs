@@ -55,6 +55,21 @@ extern "C" fn envoy_dynamic_module_callback_http_send_response(
 ) {
 }
 #[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_send_response_headers(
+    _: *mut c_void,
+    _: *const ModuleHeader,
+    _: usize,
+    _: bool,
+) {
+}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_send_response_data(
+    _: *mut c_void,
+    _: ModuleBuffer,
+    _: bool,
+) {
+}
+#[no_mangle]
 extern "C" fn envoy_dynamic_module_callback_http_filter_config_define_counter(
     _: *mut c_void,
     _: ModuleBuffer,
@@ -253,13 +268,6 @@ extern "C" fn envoy_dynamic_module_callback_http_filter_scheduler_commit(_: *mut
 extern "C" fn envoy_dynamic_module_callback_http_filter_scheduler_delete(_: *mut c_void) {}
 #[no_mangle]
 extern "C" fn envoy_dynamic_module_callback_http_filter_continue_decoding(_: *mut c_void) {}
-#[no_mangle]
-extern "C" fn envoy_dynamic_module_callback_http_send_response_data(
-    _: *mut c_void,
-    _: ModuleBuffer,
-    _: bool,
-) {
-}
 #[no_mangle]
 extern "C" fn envoy_dynamic_module_callback_http_filter_reset_stream(
     _: *mut c_void,

@@ -233,6 +233,20 @@ fn envoy_dynamic_module_callback_http_send_response(
     body: ModuleBuffer,
     details: ModuleBuffer,
 );
+// `"refuse_with": "close_1013"`: the response headers (`:status 101`, ...) and then data (the
+// close frame, `end_stream`), sent from `request_headers` without an upstream. Exported by
+// 1.38.3, 1.39.3 and 1.40.0; proved on 1.40.0 by `tests/tests/refuse_close.rs`.
+fn envoy_dynamic_module_callback_http_send_response_headers(
+    filter_envoy: *mut c_void,
+    headers: *const ModuleHeader,
+    header_count: usize,
+    end_stream: bool,
+);
+fn envoy_dynamic_module_callback_http_send_response_data(
+    filter_envoy: *mut c_void,
+    data: ModuleBuffer,
+    end_stream: bool,
+);
 // Global mode: resume a paused stream on its own worker. Signatures proved on 1.40.0 by
 // `tests/global.rs` of wscap-e2e (a paused stream resumes, is steered and upgraded):
 // `scheduler_new(filter_envoy) -> scheduler`, `scheduler_commit(scheduler, u64 event_id)`
@@ -253,14 +267,9 @@ fn envoy_dynamic_module_callback_http_filter_continue_decoding(
     filter_envoy: *mut c_void,
 );
 // Chosen closes (rebalance, drain: `crate::close`), from `on_scheduled` on the stream's worker:
-// `send_response_data(filter_envoy, data, end_stream)` (the filter's `encodeData`) writes a
-// WebSocket close frame into the response, then `reset_stream(filter_envoy, reason, details)`
-// (`reason` 0 = LocalReset) resets the stream. Proved on 1.40.0 by `tests/tests/rebalance.rs`.
-fn envoy_dynamic_module_callback_http_send_response_data(
-    filter_envoy: *mut c_void,
-    data: ModuleBuffer,
-    end_stream: bool,
-);
+// `send_response_data` (above; the filter's `encodeData`) writes a WebSocket close frame into
+// the response, then `reset_stream(filter_envoy, reason, details)` (`reason` 0 = LocalReset)
+// resets the stream. Proved on 1.40.0 by `tests/tests/rebalance.rs`.
 fn envoy_dynamic_module_callback_http_filter_reset_stream(
     filter_envoy: *mut c_void,
     reason: i32,
