@@ -6,11 +6,16 @@
 //! Measured at the commit that added this test (release module, x86-64, rustc 1.95): 2060
 //! instructions per WebSocket handshake, 4 per frame (2 body hooks), 433 per plain request. The
 //! budgets leave about 2x headroom; a change that needs more should say why and move them.
+//!
+//! Moved since: the handshake now also reads the routed cluster, the route's settings and looks
+//! the cluster up (shared gateways: ~2820), and registers each upgraded stream where a rebalance
+//! or drain can close it (a scheduler and an ordered-map insert: ~4280 in all). Callbacks are
+//! called through addresses resolved at load (plain request 433 -> ~460). Budget: 5000.
 
 use std::process::Command;
 
 /// Instructions per WebSocket handshake (filter hooks + the LB's choose_host).
-const HANDSHAKE: f64 = 4200.0;
+const HANDSHAKE: f64 = 5000.0;
 /// Instructions per WebSocket frame (request_body + response_body).
 const FRAME: f64 = 8.0;
 /// Instructions per plain HTTP request.
