@@ -158,6 +158,9 @@ pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_config_new(
                 envoy_dynamic_module_callback_bootstrap_extension_config_define_gauge as DefineFn;
             let counter =
                 envoy_dynamic_module_callback_bootstrap_extension_config_define_counter as DefineFn;
+            // The filter's counters, created at 0 here where that is the same series (see
+            // `HostAbi::shares_counters_with_filter`).
+            let zero_counters = host::host().is_none_or(|h| h.shares_counters_with_filter());
             let gauges = Gauges {
                 active: define(
                     gauge,
@@ -171,18 +174,26 @@ pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_config_new(
                     "wscap_connection_limit",
                     &["cluster", "host"],
                 ),
-                admitted: define(
-                    counter,
-                    config_envoy,
-                    "wscap_admitted",
-                    &["cluster", "host"],
-                ),
-                rejected: define(
-                    counter,
-                    config_envoy,
-                    "wscap_rejected",
-                    &["cluster", "reason"],
-                ),
+                admitted: zero_counters
+                    .then(|| {
+                        define(
+                            counter,
+                            config_envoy,
+                            "wscap_admitted",
+                            &["cluster", "host"],
+                        )
+                    })
+                    .flatten(),
+                rejected: zero_counters
+                    .then(|| {
+                        define(
+                            counter,
+                            config_envoy,
+                            "wscap_rejected",
+                            &["cluster", "reason"],
+                        )
+                    })
+                    .flatten(),
             };
             // SAFETY: live config handle inside config_new; Envoy copies path and help.
             let registered = unsafe {

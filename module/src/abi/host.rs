@@ -82,6 +82,19 @@ impl HostAbi {
         }
     }
 
+    /// Whether a counter the bootstrap extension defines and one the HTTP filter defines with
+    /// the same name and labels are one series. On 1.39 and 1.40 they are, so the bootstrap
+    /// extension creates the filter's `wscap_admitted` / `wscap_rejected` series at 0 (Prometheus'
+    /// `rate()` then sees the first increment). On 1.38 they are two series and
+    /// `/stats/prometheus` shows the bootstrap's 0 instead of the filter's count
+    /// (`module/tests/smoke.rs` on 1.38.3), so there the bootstrap extension leaves them alone.
+    pub(crate) fn shares_counters_with_filter(self) -> bool {
+        match self {
+            HostAbi::Envoy1_38 => false,
+            HostAbi::Envoy1_39 | HostAbi::Envoy1_40 => true,
+        }
+    }
+
     /// How this Envoy deletes a bootstrap timer. Either way wscap's rule is the same: delete
     /// only on the main thread (where Envoy runs the bootstrap config's hooks), else leave it.
     pub(crate) fn timer_delete(self) -> TimerDelete {
