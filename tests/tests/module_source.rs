@@ -2,7 +2,8 @@
 //! `dynamic_module_config: {module: {local: {filename: /abs/libwscap.so}}, metrics_namespace: NS}`
 //! on all three extensions, with `ENVOY_DYNAMIC_MODULES_SEARCH_PATH` unset. The series are then
 //! `envoy_NS_wscap_*` instead of `envoy_dynamicmodulescustom_wscap_*`. A remote module source is
-//! refused for the bootstrap extension: Envoy exits with an error, no crash.
+//! refused for the bootstrap extension: Envoy exits with an error, no crash. Envoy 1.38 ignores
+//! `module` (it looks up `lib.so`), which the test checks there instead.
 
 use std::time::Duration;
 
@@ -64,6 +65,18 @@ async fn local_filename_without_search_path_and_a_metrics_namespace() {
         }),
     );
     // `Opts::plain`: ENVOY_DYNAMIC_MODULES_SEARCH_PATH is removed from Envoy's environment.
+    let version = wscap_e2e::envoy_version();
+    if wscap_testkit::envoy_version::major_minor(&version) < (1, 39) {
+        // Envoy 1.38 ignores `module` and looks the (empty) name up as `lib.so`: the config is
+        // refused, so users of 1.38 keep `name` + ENVOY_DYNAMIC_MODULES_SEARCH_PATH (README).
+        let (st, log) = run_to_exit(&boot, &Opts::plain(1), Duration::from_secs(20));
+        assert!(st.code().is_some_and(|c| c != 0), "{}", describe_exit(&st));
+        assert!(
+            log.contains("lib.so not found in any search path"),
+            "Envoy {version}: expected the module source to be ignored; log:\n{log}"
+        );
+        return;
+    }
     let envoy = Envoy::start(&boot, &Opts::plain(1)).await;
     let port = envoy.listener_port(LISTENER).await;
     eventually("the pod is listed", SETTLE, || async {
