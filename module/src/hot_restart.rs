@@ -81,23 +81,9 @@ pub fn parse_args(args: &[String]) -> HotRestart {
     }
 }
 
-/// The table's path for `base_id`: under `/dev/shm` (memory-backed), else the temp dir.
+/// The table's path for `base_id` ([`wscap_shm::envoy_table_path`]).
 pub fn table_path(base_id: u64) -> PathBuf {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|v| v.split_whitespace().next().map(str::to_owned))
-        })
-        .unwrap_or_else(|| "0".to_owned());
-    let dir = PathBuf::from("/dev/shm");
-    let dir = if dir.is_dir() {
-        dir
-    } else {
-        std::env::temp_dir()
-    };
-    dir.join(format!("wscap.{uid}.{base_id}"))
+    wscap_shm::envoy_table_path(base_id)
 }
 
 /// The process-wide registry: shared counts when hot restart is on (see the module docs).

@@ -403,6 +403,26 @@ impl SharedCounts for ShmTable {
     }
 }
 
+/// Where the Envoy module keeps the table of one hot-restart family (`--base-id`):
+/// `/dev/shm/wscap.<uid>.<base-id>` (memory-backed), else the same name in the temp dir.
+pub fn envoy_table_path(base_id: u64) -> PathBuf {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| v.split_whitespace().next().map(str::to_owned))
+        })
+        .unwrap_or_else(|| "0".to_owned());
+    let dir = PathBuf::from("/dev/shm");
+    let dir = if dir.is_dir() {
+        dir
+    } else {
+        std::env::temp_dir()
+    };
+    dir.join(format!("wscap.{uid}.{base_id}"))
+}
+
 /// This process's owner identity: pid in the high half, start time (clock ticks since boot,
 /// low 31 bits) in the low half.
 pub fn process_identity() -> std::io::Result<u64> {

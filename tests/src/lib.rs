@@ -265,22 +265,7 @@ pub fn write_atomic(path: &Path, contents: &str) {
     std::fs::rename(&tmp, path).expect("rename into place");
 }
 
-/// The module's shared-count table for Envoy's `--base-id` (`/dev/shm/wscap.<uid>.<id>`), as
-/// `wscap::hot_restart::table_path` names it.
+/// The module's shared-count table for Envoy's `--base-id` ([`wscap_shm::envoy_table_path`]).
 pub fn hot_restart_table(base_id: u32) -> PathBuf {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|v| v.split_whitespace().next().map(str::to_owned))
-        })
-        .unwrap_or_else(|| "0".to_owned());
-    let dir = PathBuf::from("/dev/shm");
-    let dir = if dir.is_dir() {
-        dir
-    } else {
-        std::env::temp_dir()
-    };
-    dir.join(format!("wscap.{uid}.{base_id}"))
+    wscap_shm::envoy_table_path(u64::from(base_id))
 }

@@ -45,8 +45,18 @@ async fn try_open(port: u16) -> Option<WsClient> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_pod_limit_holds_across_a_hot_restart() {
+/// Two pods, one listener on a fixed port (the new process takes the socket over), and a base
+/// id of this test's own in `[first, first + 20000)`, so no other Envoy shares the family; the
+/// family's shared-count table is removed first.
+async fn family(
+    first: u32,
+) -> (
+    [Backend; 2],
+    u16,
+    serde_json::Value,
+    u32,
+    std::path::PathBuf,
+) {
     let pods = [Backend::start("pod-0").await, Backend::start("pod-1").await];
     let eps: Vec<Endpoint> = pods.iter().map(|b| Endpoint::new(b.addr)).collect();
     let port = wscap_e2e::free_port();
@@ -65,10 +75,15 @@ async fn a_pod_limit_holds_across_a_hot_restart() {
         vec![config::static_cluster(CLUSTER, &eps, true)],
         true,
     );
-    // A base id of this test's own, so no other Envoy shares the family.
-    let base_id = 20_000 + std::process::id() % 20_000;
+    let base_id = first + std::process::id() % 20_000;
     let shm = wscap_e2e::hot_restart_table(base_id);
     let _ = std::fs::remove_file(&shm);
+    (pods, port, boot, base_id, shm)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pod_limit_holds_across_a_hot_restart() {
+    let (pods, port, boot, base_id, shm) = family(20_000).await;
 
     let old = Envoy::start(&boot, &opts(base_id, 0)).await;
     assert!(
@@ -202,27 +217,7 @@ fn gone(pid: Option<u32>) -> bool {
 /// share of the shared counts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_crashed_old_process_gives_its_slots_back() {
-    let pods = [Backend::start("pod-0").await, Backend::start("pod-1").await];
-    let eps: Vec<Endpoint> = pods.iter().map(|b| Endpoint::new(b.addr)).collect();
-    let port = wscap_e2e::free_port();
-    let mut l = ListenerSpec::new(
-        LISTENER,
-        CLUSTER,
-        vec![config::wscap_filter(&config::filter_config(
-            CLUSTER,
-            LIMIT as u32,
-            5,
-        ))],
-    );
-    l.port = port;
-    let boot = config::bootstrap(
-        std::slice::from_ref(&l),
-        vec![config::static_cluster(CLUSTER, &eps, true)],
-        true,
-    );
-    let base_id = 40_000 + std::process::id() % 20_000;
-    let shm = wscap_e2e::hot_restart_table(base_id);
-    let _ = std::fs::remove_file(&shm);
+    let (pods, port, boot, base_id, shm) = family(40_000).await;
     let mut old = Envoy::start(&boot, &opts(base_id, 0)).await;
     let mut held = Vec::new();
     for i in 0..2 * LIMIT {

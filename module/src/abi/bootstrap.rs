@@ -2,11 +2,10 @@
 //! admin endpoint, the refresh timer, and every hook Envoy requires of a bootstrap extension.
 
 use std::ffi::c_void;
-use std::ptr;
 
 use super::sys::*;
 use super::{
-    guard, host, host_ready, into_module_ptr, module_ref, refuse_config, take_module_ptr, text,
+    config_new, guard, host, into_module_ptr, module_ref, refuse_config, take_module_ptr, text,
 };
 use crate::bootstrap::{self, Bootstrap, GaugeSink, Gauges, GlobalMetrics, GlobalReport};
 use crate::filter::MetricId;
@@ -130,28 +129,20 @@ pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_config_new(
     name: EnvoyBuffer,
     config: EnvoyBuffer,
 ) -> *const c_void {
-    guard(
+    config_new(
         "bootstrap_extension_config_new",
-        || {
-            if !host_ready() {
-                return ptr::null();
-            }
-            let name = text(name);
-            if name != "wscap" {
-                return refuse_config(
-                    "bootstrap extension",
-                    &name,
-                    "unknown extension_name: expected \"wscap\"",
-                );
-            }
-            // SAFETY: Envoy's config buffer is valid during this hook.
-            let settings = match config::parse_bootstrap(unsafe { envoy_bytes(config) }) {
+        "bootstrap extension",
+        "extension_name",
+        name,
+        config,
+        |name, bytes| {
+            let settings = match config::parse_bootstrap(bytes) {
                 Ok(s) => s,
-                Err(e) => return refuse_config("bootstrap extension", &name, &e),
+                Err(e) => return refuse_config("bootstrap extension", name, &e),
             };
             if let Some(global) = &settings.global {
                 if let Err(e) = crate::global::start(global) {
-                    return refuse_config("bootstrap extension", &name, &e);
+                    return refuse_config("bootstrap extension", name, &e);
                 }
             }
             let gauge =
@@ -271,7 +262,6 @@ pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_config_new(
                 config_envoy,
             })
         },
-        ptr::null,
     )
 }
 

@@ -6,7 +6,7 @@ use std::ptr;
 use std::sync::Arc;
 
 use super::sys::*;
-use super::{guard, host_ready, into_module_ptr, module_ref, refuse_config, take_module_ptr, text};
+use super::{config_new, guard, into_module_ptr, module_ref, refuse_config, take_module_ptr};
 use crate::config::RouteSettings;
 use crate::filter::{
     Filter, FilterConfig, FilterMetrics, HeaderKind, HeadersStatus, MetricId, Resume,
@@ -240,29 +240,20 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     name: EnvoyBuffer,
     config: EnvoyBuffer,
 ) -> *const c_void {
-    guard(
+    config_new(
         "http_filter_config_new",
-        || {
-            if !host_ready() {
-                return ptr::null();
-            }
-            let name = text(name);
-            if name != "wscap" {
-                return refuse_config(
-                    "http filter",
-                    &name,
-                    "unknown filter_name: expected \"wscap\"",
-                );
-            }
-            // SAFETY: Envoy's config buffer is valid during this hook.
-            let bytes = unsafe { envoy_bytes(config) };
+        "http filter",
+        "filter_name",
+        name,
+        config,
+        |name, bytes| {
             let settings = match config::parse_filter(bytes) {
                 Ok(s) => s,
-                Err(e) => return refuse_config("http filter", &name, &e),
+                Err(e) => return refuse_config("http filter", name, &e),
             };
             let closing = match crate::close::parse_policy(bytes) {
                 Ok(p) => p,
-                Err(e) => return refuse_config("http filter", &name, &e),
+                Err(e) => return refuse_config("http filter", name, &e),
             };
             let counter =
                 envoy_dynamic_module_callback_http_filter_config_define_counter as DefineFn;
@@ -304,10 +295,9 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
                     );
                     into_module_ptr(Arc::new(cfg))
                 }
-                Err(e) => refuse_config("http filter", &name, &e),
+                Err(e) => refuse_config("http filter", name, &e),
             }
         },
-        ptr::null,
     )
 }
 
@@ -318,27 +308,16 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_new(
     name: EnvoyBuffer,
     config: EnvoyBuffer,
 ) -> *const c_void {
-    guard(
+    config_new(
         "http_filter_per_route_config_new",
-        || {
-            if !host_ready() {
-                return ptr::null();
-            }
-            let name = text(name);
-            if name != "wscap" {
-                return refuse_config(
-                    "per-route",
-                    &name,
-                    "unknown filter_name: expected \"wscap\"",
-                );
-            }
-            // SAFETY: Envoy's config buffer is valid during this hook.
-            match config::parse_route(unsafe { envoy_bytes(config) }) {
-                Ok(route) => into_module_ptr(route),
-                Err(e) => refuse_config("per-route", &name, &e),
-            }
+        "per-route",
+        "filter_name",
+        name,
+        config,
+        |name, bytes| match config::parse_route(bytes) {
+            Ok(route) => into_module_ptr(route),
+            Err(e) => refuse_config("per-route", name, &e),
         },
-        ptr::null,
     )
 }
 

@@ -5,7 +5,7 @@ use std::ffi::c_void;
 use std::ptr;
 
 use super::sys::*;
-use super::{guard, host_ready, into_module_ptr, module_ref, refuse_config, take_module_ptr, text};
+use super::{config_new, guard, into_module_ptr, module_ref, refuse_config, take_module_ptr};
 use crate::lb::{ClusterView, Health, Lb, RequestView};
 use crate::{config, REGISTRY};
 
@@ -137,27 +137,16 @@ pub extern "C" fn envoy_dynamic_module_on_lb_config_new(
     name: EnvoyBuffer,
     config: EnvoyBuffer,
 ) -> *const c_void {
-    guard(
+    config_new(
         "lb_config_new",
-        || {
-            if !host_ready() {
-                return ptr::null();
-            }
-            let name = text(name);
-            if name != "wscap" {
-                return refuse_config(
-                    "lb policy",
-                    &name,
-                    "unknown lb_policy_name: expected \"wscap\"",
-                );
-            }
-            // SAFETY: Envoy's config buffer is valid during this hook.
-            match config::parse_lb(unsafe { envoy_bytes(config) }) {
-                Ok(_) => ptr::from_ref(&LB_CONFIG_MARKER).cast(),
-                Err(e) => refuse_config("lb policy", &name, &e),
-            }
+        "lb policy",
+        "lb_policy_name",
+        name,
+        config,
+        |name, bytes| match config::parse_lb(bytes) {
+            Ok(_) => ptr::from_ref(&LB_CONFIG_MARKER).cast(),
+            Err(e) => refuse_config("lb policy", name, &e),
         },
-        ptr::null,
     )
 }
 

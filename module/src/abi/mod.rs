@@ -104,6 +104,38 @@ fn host_ready() -> bool {
     cfg!(test) || host::host().is_some()
 }
 
+/// Every `*_config_new` hook, under [`guard`]: NULL (Envoy refuses the config) when the host
+/// check at load failed or when Envoy names another extension than `wscap` (its `name_field`);
+/// else `body(name, config bytes)`.
+fn config_new(
+    hook: &str,
+    kind: &str,
+    name_field: &str,
+    name: EnvoyBuffer,
+    config: EnvoyBuffer,
+    body: impl FnOnce(&str, &[u8]) -> *const c_void,
+) -> *const c_void {
+    guard(
+        hook,
+        || {
+            if !host_ready() {
+                return ptr::null();
+            }
+            let name = text(name);
+            if name != "wscap" {
+                return refuse_config(
+                    kind,
+                    &name,
+                    &format!("unknown {name_field}: expected \"wscap\""),
+                );
+            }
+            // SAFETY: Envoy's config buffer is valid during this hook.
+            body(&name, unsafe { envoy_bytes(config) })
+        },
+        ptr::null,
+    )
+}
+
 fn refuse_config(kind: &str, name: &str, why: &str) -> *const c_void {
     log(
         Level::Error,
