@@ -135,6 +135,9 @@ struct Hot {
     peak: std::sync::atomic::AtomicU32,
     /// [`HostSpec::tier`], updated by every membership change that lists the host.
     tier: std::sync::atomic::AtomicU8,
+    /// Global mode's ranking hint ([`Cluster::set_host_elsewhere`]): the connections other
+    /// instances hold on the host (high half) and the host's full limit (low half); 0: none.
+    elsewhere: std::sync::atomic::AtomicU64,
 }
 
 impl HostSlot {
@@ -757,6 +760,7 @@ impl Cluster {
                         state,
                         peak: std::sync::atomic::AtomicU32::new(0),
                         tier: std::sync::atomic::AtomicU8::new(h.tier),
+                        elsewhere: std::sync::atomic::AtomicU64::new(0),
                     }),
                     shared,
                     rejected: CachePadded::new(AtomicU64::new(0)),
@@ -821,6 +825,37 @@ impl Cluster {
         let hosts = self.0.hosts.load();
         let slot = hosts.get(addr.socket_addr())?;
         Some(config.apply(slot))
+    }
+
+    /// Global mode's ranking hint for one host: `Some((elsewhere, limit))` says that other
+    /// instances hold `elsewhere` connections on it and that its full limit is `limit`, so that
+    /// admissions rank it by `(active + elsewhere) / limit`, its fill across the fleet, instead
+    /// of by its fill within this instance's cap. Admission itself still obeys the cap. `None`
+    /// (or a `limit` of 0) removes the hint. Returns whether the host is a member.
+    ///
+    /// ```
+    /// # use wscap_core::{Registry, HostSpec};
+    /// let reg = Registry::new();
+    /// let c = reg.set_default_limit("c", 10).unwrap();
+    /// c.set_hosts(&[HostSpec::parse("10.0.0.1:80").unwrap(), HostSpec::parse("10.0.0.2:80").unwrap()]);
+    /// // Other instances hold 9 of 10 on the first host: this instance's admissions go to the
+    /// // second, which has room across the fleet.
+    /// assert!(c.set_host_elsewhere(&"10.0.0.1:80".parse().unwrap(), Some((9, 10))));
+    /// for _ in 0..3 {
+    ///     assert_eq!(c.acquire().unwrap().host().as_str(), "10.0.0.2:80");
+    /// }
+    /// ```
+    pub fn set_host_elsewhere(&self, addr: &HostAddr, hint: Option<(u32, u32)>) -> bool {
+        let word = match hint {
+            Some((elsewhere, limit)) if limit > 0 => (u64::from(elsewhere) << 32) | u64::from(limit),
+            _ => 0,
+        };
+        let hosts = self.0.hosts.load();
+        let Some(slot) = hosts.get(addr.socket_addr()) else {
+            return false;
+        };
+        slot.hot.elsewhere.store(word, Ordering::Relaxed);
+        true
     }
 
     /// Sets the cap of hosts without a cap of their own (see [`Cluster::set_host_cap`]), or lifts
@@ -968,7 +1003,15 @@ fn consider<'a>(slot: &'a Arc<HostSlot>, default: Option<u32>, best: &mut Option
     if draining || tier == STANDBY || active >= limit {
         return;
     }
-    let load = (active, limit);
+    // Global mode ranks by the pod's fill across the fleet (the hint), so that a connection goes
+    // where the fleet has the most room; the cap (this instance's share) still decides admission.
+    let hint = slot.hot.elsewhere.load(Ordering::Relaxed);
+    #[allow(clippy::cast_possible_truncation)]
+    let load = if hint == 0 {
+        (active, limit)
+    } else {
+        (active.saturating_add((hint >> 32) as u32), hint as u32)
+    };
     if best.is_none_or(|(_, bt, b)| tier < bt || (tier == bt && less_loaded(load, b))) {
         *best = Some((slot, tier, load));
     }

@@ -504,6 +504,15 @@ fn round(
                     cluster.set_host_cap(&addr, Some(claim.granted));
                     pod.cap = claim.granted;
                     pod.cap_known = true;
+                    // Rank the pod by its fill across the fleet (admission still obeys the cap),
+                    // so that this instance's connections go where the fleet has room.
+                    let elsewhere: u32 = pod
+                        .parts
+                        .iter()
+                        .filter(|p| p.instance != ledger.instance())
+                        .map(|p| p.live)
+                        .fold(0, u32::saturating_add);
+                    cluster.set_host_elsewhere(&addr, Some((elsewhere, host.limit)));
                     if borrow.is_some() && grew {
                         outcome = BorrowOutcome::Granted;
                         wanted_more = wanted_more.saturating_sub(claim.granted - old_cap);

@@ -1,8 +1,9 @@
 //! Rebalance in global mode (issue 15): two real Envoys sharing one redis-server, 20 clients
 //! that reconnect when closed (10 through each Envoy), two pods full at 10, a third added
 //! through EDS. Each instance closes only its part of the fleet's excess at its part of R: the
-//! counts converge, the fleet's closes per second (as the clients saw them) stay within R, and
-//! no pod ever holds more than its limit.
+//! counts converge, the fleet's closes per second (as the clients saw them) stay within R, the
+//! fleet closes no more than the imbalance (closed clients are steered by the pods' fill across
+//! the fleet, not back onto a pod above the mean), and no pod ever holds more than its limit.
 
 use std::time::{Duration, Instant};
 
@@ -137,6 +138,15 @@ async fn global_rebalance_keeps_the_fleet_within_r() {
         closes.len()
     );
     assert!(!closes.is_empty(), "nothing was closed");
+    // The imbalance: [10, 10, 0] of 10 each shed down to ceil(20/3) = 7, so 3 + 3. A closed
+    // client that lands on a pod above the mean (steered by this instance's share rather than
+    // by the fleet's fill) would make the fleet close more than that.
+    let imbalance = 2 * (LIMIT as usize - 20_usize.div_ceil(3));
+    assert!(
+        closes.len() <= imbalance,
+        "the fleet closed {} connections for an imbalance of {imbalance}: {closes:?}",
+        closes.len()
+    );
     assert!(
         worst <= RATE as usize,
         "the fleet closed {worst} in one second, above R = {RATE}: {closes:?}"
