@@ -11,6 +11,9 @@
 //! the cluster up (shared gateways: ~2820), and registers each upgraded stream where a rebalance
 //! or drain can close it (a scheduler and an ordered-map insert: ~4280 in all). Callbacks are
 //! called through addresses resolved at load (plain request 433 -> ~460). Budget: 5000.
+//! The closable streams then moved from one ordered map under one process-wide lock to 16
+//! shards by pod, keyed by the pod's socket address and the cluster handle (no string copies):
+//! 4232 -> 3890 per handshake.
 
 use std::process::Command;
 

@@ -847,7 +847,9 @@ impl Cluster {
     /// ```
     pub fn set_host_elsewhere(&self, addr: &HostAddr, hint: Option<(u32, u32)>) -> bool {
         let word = match hint {
-            Some((elsewhere, limit)) if limit > 0 => (u64::from(elsewhere) << 32) | u64::from(limit),
+            Some((elsewhere, limit)) if limit > 0 => {
+                (u64::from(elsewhere) << 32) | u64::from(limit)
+            }
             _ => 0,
         };
         let hosts = self.0.hosts.load();

@@ -6,6 +6,11 @@
 //! schedulers; Envoy runs the stream's `on_scheduled` on its worker, which sends a WebSocket close
 //! frame (1012, "service restart") and resets the stream. The slot is released by the filter's
 //! `destroy`, like every other close path (exactly once: `Option::take`).
+//! Streams are kept in 16 shards by pod: a registration locks one shard, never a process-wide
+//! lock, and each shard is ordered by id, so a pod's oldest streams come first.
+//!
+//! Streams are kept in 16 shards by pod (a registration locks one shard, never a process-wide
+//! lock), each ordered by id, so a pod's oldest streams come first.
 //!
 //! - **Rebalance** (filter config `"rebalance": {"max_closes_per_second": R, "tolerance": F}`,
 //!   off by default): per cluster, a pod whose fill (live / limit) is above the cluster's mean
@@ -19,11 +24,13 @@
 //!   leaves the cluster (EDS) while it still holds connections.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
-use wscap_core::{HostAddr, HostState, Registry, Snapshot};
+use wscap_core::{Cluster, HostAddr, HostState, Registry, Snapshot};
 
 use crate::bootstrap::GaugeSink;
 use crate::filter::{MetricId, Resume, ResumeSlot};
@@ -137,9 +144,44 @@ fn seconds_field(name: &str, s: f64) -> Result<u32, String> {
 
 /// One live upgraded stream.
 struct Live {
-    cluster: Box<str>,
-    host: Box<str>,
+    cluster: Cluster,
+    host: SocketAddr,
     slot: ResumeSlot,
+}
+
+impl Live {
+    fn is(&self, cluster: &str, host: SocketAddr) -> bool {
+        self.host == host && self.cluster.name() == cluster
+    }
+}
+
+/// The live upgraded streams, in shards by pod: the handshakes of different pods take different
+/// locks, and a registration costs no allocation beyond its scheduler. Within a shard, streams
+/// are by id; ids grow, so the first of a pod is its oldest.
+const SHARDS: usize = 16;
+
+#[repr(align(64))]
+#[derive(Default)]
+struct Shard(Mutex<BTreeMap<u64, Live>>);
+
+static LIVE: LazyLock<[Shard; SHARDS]> = LazyLock::new(Default::default);
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+fn shard(host: SocketAddr) -> MutexGuard<'static, BTreeMap<u64, Live>> {
+    let ip = match host.ip() {
+        IpAddr::V4(a) => u64::from(a.to_bits()),
+        IpAddr::V6(a) => {
+            let b = a.to_bits();
+            #[allow(clippy::cast_possible_truncation)]
+            let folded = (b as u64) ^ ((b >> 64) as u64);
+            folded
+        }
+    };
+    // Fibonacci hashing: the top bits of the product pick the shard.
+    let h = ((ip << 16) ^ u64::from(host.port())).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    #[allow(clippy::cast_possible_truncation)]
+    let i = (h >> 60) as usize % SHARDS;
+    LIVE[i].0.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A drain in progress.
@@ -156,10 +198,6 @@ struct Drain {
 
 #[derive(Default)]
 struct State {
-    next_id: u64,
-    /// Every registered stream by id: ids grow, so the first is the oldest. (No hashing on the
-    /// handshake path: a registration is one insert, a stream's end one removal.)
-    live: BTreeMap<u64, Live>,
     /// Per cluster (`None`: every cluster without its own).
     policies: HashMap<Option<String>, ClosePolicy>,
     drains: HashMap<(String, String), Drain>,
@@ -239,27 +277,21 @@ pub fn my_part(excess: usize, parts: &[(String, u32)], me: &str) -> usize {
 
 static STATE: LazyLock<Mutex<State>> = LazyLock::new(Mutex::default);
 
-impl State {
-    /// Live registered streams per `(cluster, host)` (one pass).
-    fn counts(&self) -> HashMap<(String, String), usize> {
-        // Nested by cluster then host, looked up by `&str`: an allocation per host, not per stream.
-        let mut nested: HashMap<&str, HashMap<&str, usize>> = HashMap::new();
-        for l in self.live.values() {
-            *nested
-                .entry(&l.cluster)
-                .or_default()
-                .entry(&l.host)
-                .or_default() += 1;
+/// Live registered streams per `(cluster, host)` (one pass over the shards).
+fn counts() -> HashMap<(String, String), usize> {
+    let mut out: HashMap<(String, String), usize> = HashMap::new();
+    for shard in LIVE.iter() {
+        let live = shard.0.lock().unwrap_or_else(PoisonError::into_inner);
+        // Counted by `&str` first: an allocation per pod, not per stream.
+        let mut by_pod: HashMap<(&str, SocketAddr), usize> = HashMap::new();
+        for l in live.values() {
+            *by_pod.entry((l.cluster.name(), l.host)).or_default() += 1;
         }
-        nested
-            .into_iter()
-            .flat_map(|(c, hosts)| {
-                hosts
-                    .into_iter()
-                    .map(move |(h, n)| ((c.to_owned(), h.to_owned()), n))
-            })
-            .collect()
+        for ((c, h), n) in by_pod {
+            *out.entry((c.to_owned(), h.to_string())).or_default() += n;
+        }
     }
+    out
 }
 
 fn state() -> std::sync::MutexGuard<'static, State> {
@@ -280,6 +312,7 @@ pub fn set_policy(cluster: Option<&str>, policy: ClosePolicy) {
 /// its scheduler.
 pub struct Registration {
     id: u64,
+    host: SocketAddr,
     slot: ResumeSlot,
 }
 
@@ -292,24 +325,21 @@ impl std::fmt::Debug for Registration {
 }
 
 /// Registers an upgraded stream of `cluster` on `host`, closable through `resume`.
-pub fn register(cluster: &str, host: &str, resume: Box<dyn Resume>) -> Registration {
+pub fn register(cluster: &Cluster, host: SocketAddr, resume: Box<dyn Resume>) -> Registration {
     let slot: ResumeSlot = Arc::new(Mutex::new(Some(resume)));
     let live = Live {
-        cluster: cluster.into(),
-        host: host.into(),
+        cluster: cluster.clone(),
+        host,
         slot: Arc::clone(&slot),
     };
-    let mut s = state();
-    s.next_id += 1;
-    let id = s.next_id;
-    s.live.insert(id, live);
-    drop(s);
-    Registration { id, slot }
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    shard(host).insert(id, live);
+    Registration { id, host, slot }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let gone = state().live.remove(&self.id);
+        let gone = shard(self.host).remove(&self.id);
         drop(gone);
         // Under the slot's lock: a close being committed finishes first.
         let mut resume = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
@@ -319,27 +349,29 @@ impl Drop for Registration {
 
 /// Live registered streams of `cluster` on `host`.
 pub fn live(cluster: &str, host: &str) -> usize {
-    state()
-        .live
-        .values()
-        .filter(|l| &*l.cluster == cluster && &*l.host == host)
-        .count()
+    let Ok(host) = host.parse::<SocketAddr>() else {
+        return 0;
+    };
+    shard(host).values().filter(|l| l.is(cluster, host)).count()
 }
 
 /// Takes the `n` oldest streams of `key` out of the registry (so none is chosen twice).
-fn take_oldest(s: &mut State, key: &(String, String), n: usize) -> Vec<ResumeSlot> {
+fn take_oldest(key: &(String, String), n: usize) -> Vec<ResumeSlot> {
+    let Ok(host) = key.1.parse::<SocketAddr>() else {
+        return Vec::new();
+    };
     if n == 0 {
         return Vec::new();
     }
-    let ids: Vec<u64> = s
-        .live
+    let mut live = shard(host);
+    let ids: Vec<u64> = live
         .iter()
-        .filter(|(_, l)| *l.cluster == *key.0 && *l.host == *key.1)
+        .filter(|(_, l)| l.is(&key.0, host))
         .map(|(id, _)| *id)
         .take(n)
         .collect();
     ids.iter()
-        .filter_map(|id| s.live.remove(id).map(|l| l.slot))
+        .filter_map(|id| live.remove(id).map(|l| l.slot))
         .collect()
 }
 
@@ -387,12 +419,8 @@ pub fn start_drain(
     }
     c.set_host_cap(&addr, Some(0));
     let key = (cluster.to_owned(), addr.as_str().to_owned());
+    let total = live(&key.0, &key.1);
     let mut s = state();
-    let total = s
-        .live
-        .values()
-        .filter(|l| *l.cluster == *key.0 && *l.host == *key.1)
-        .count();
     s.drains.insert(
         key,
         Drain {
@@ -447,8 +475,8 @@ pub fn admin_drain(registry: &Registry, method: &str, path: &str) -> (u32, Strin
 /// The drains in progress as JSON (`[{"cluster","host","seconds","elapsed_seconds","total",
 /// "closed","remaining"}]`), for `GET /wscap`.
 pub fn drains_json(now: Instant) -> serde_json::Value {
+    let counts = counts();
     let s = state();
-    let counts = s.counts();
     let mut out: Vec<serde_json::Value> = s
         .drains
         .iter()
@@ -508,7 +536,7 @@ pub fn tick(
         }
         return Vec::new();
     }
-    let mut counts = s.counts();
+    let mut counts = counts();
     // Pods that left the cluster: drain them over the configured window.
     for c in &snapshot.clusters {
         let Some(seconds) = policy_of(&s, &c.name).and_then(|p| p.drain_removed_seconds) else {
@@ -552,7 +580,7 @@ pub fn tick(
             due
         };
         let n = due.saturating_sub(d.closed);
-        let slots = take_oldest(&mut s, &key, n);
+        let slots = take_oldest(&key, n);
         let taken = slots.len();
         if let Some(c) = counts.get_mut(&key) {
             *c -= taken;
@@ -671,7 +699,7 @@ pub fn tick(
                 break;
             }
             let key = (c.name.clone(), addr);
-            let taken = take_oldest(&mut s, &key, excess.min(budget));
+            let taken = take_oldest(&key, excess.min(budget));
             budget -= taken.len();
             if let Some(c) = counts.get_mut(&key) {
                 *c -= taken.len();
@@ -773,19 +801,17 @@ mod tests {
     #[test]
     fn registration_is_removed_on_drop_and_closes_are_counted_once() {
         let hits = Arc::new(AtomicUsize::new(0));
+        let reg = Registry::new();
+        let cluster = reg.set_default_limit("t-close", 10).unwrap();
+        let other = reg.set_default_limit("t-close-other", 10).unwrap();
+        let host: SocketAddr = "10.9.9.9:1".parse().unwrap();
         let regs: Vec<Registration> = (0..4)
-            .map(|_| {
-                register(
-                    "t-close",
-                    "10.9.9.9:1",
-                    Box::new(Counting(Arc::clone(&hits))),
-                )
-            })
+            .map(|_| register(&cluster, host, Box::new(Counting(Arc::clone(&hits)))))
             .collect();
+        // Same pod address, another cluster: not counted, not taken.
+        let _theirs = register(&other, host, Box::new(Counting(Arc::clone(&hits))));
         assert_eq!(live("t-close", "10.9.9.9:1"), 4);
-        let mut s = state();
-        let taken = take_oldest(&mut s, &("t-close".into(), "10.9.9.9:1".into()), 3);
-        drop(s);
+        let taken = take_oldest(&("t-close".into(), "10.9.9.9:1".into()), 3);
         assert_eq!(commit_all(taken), 3);
         assert_eq!(hits.load(Ordering::SeqCst), 3);
         assert_eq!(live("t-close", "10.9.9.9:1"), 1);

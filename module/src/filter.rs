@@ -739,11 +739,12 @@ impl Filter {
         if self.phase != Phase::Upgraded || self.closing.is_some() {
             return;
         }
-        let Some(host) = self.permit.as_ref().map(|p| p.host().as_str().to_owned()) else {
+        let (Some(permit), Some(target)) = (self.permit.as_ref(), self.target.as_ref()) else {
             return;
         };
+        let host = permit.host().socket_addr();
         if let Some(resume) = stream.new_resume() {
-            self.closing = Some(crate::close::register(self.cluster_name(), &host, resume));
+            self.closing = Some(crate::close::register(&target.cluster, host, resume));
         }
     }
 
