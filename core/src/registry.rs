@@ -199,7 +199,8 @@ impl HostSlot {
             address: self.addr.as_str().to_owned(),
             active,
             limit: config.configured(&self.addr),
-            cap: config.caps.get(&self.addr).copied().or(config.default_cap),
+            cap: config.cap(&self.addr),
+            held: config.held.contains(&self.addr),
             state: if draining {
                 HostState::Draining
             } else {
@@ -364,6 +365,8 @@ struct ClusterConfig {
     caps: HashMap<HostAddr, u32>,
     /// The cap of hosts without one of their own (global mode: 0, nothing before a grant).
     default_cap: Option<u32>,
+    /// Hosts held at 0 whatever their cap ([`Cluster::set_host_held`]: a drain).
+    held: std::collections::HashSet<HostAddr>,
 }
 
 impl ClusterConfig {
@@ -377,6 +380,9 @@ impl ClusterConfig {
 
     /// The cap a host is held under, if any.
     fn cap(&self, addr: &HostAddr) -> Option<u32> {
+        if self.held.contains(addr) {
+            return Some(0);
+        }
         self.caps.get(addr).copied().or(self.default_cap)
     }
 
@@ -452,6 +458,7 @@ impl Cluster {
                 overrides: HashMap::new(),
                 caps: HashMap::new(),
                 default_cap,
+                held: std::collections::HashSet::new(),
             }),
             rejected_no_capacity: CachePadded::new(AtomicU64::new(0)),
             rejected_no_hosts: AtomicU64::new(0),
@@ -744,6 +751,7 @@ impl Cluster {
                 // under the default cap: a cap set for an earlier incarnation of the address
                 // (global mode: a share this instance may no longer hold) never carries over.
                 config.caps.remove(&h.addr);
+                config.held.remove(&h.addr);
                 let state = SlotState::new(config.effective(&h.addr));
                 state.set_limits(
                     config.effective(&h.addr),
@@ -858,6 +866,43 @@ impl Cluster {
         };
         slot.hot.elsewhere.store(word, Ordering::Relaxed);
         true
+    }
+
+    /// Holds a host at 0 new admissions (`true`) whatever its cap, or lets it go (`false`): an
+    /// operator's drain. Unlike a cap, which global mode's coordinator rewrites every round, a
+    /// hold stays until it is let go or the host leaves the cluster (a host added again starts
+    /// free). Snapshots report it (`held`). Returns the live count after the hold took effect,
+    /// or `None` when the host is not a member.
+    ///
+    /// ```
+    /// # use wscap_core::{Registry, HostSpec, Rejected};
+    /// let reg = Registry::new();
+    /// let c = reg.set_default_limit("c", 10).unwrap();
+    /// c.set_hosts(&[HostSpec::parse("10.0.0.1:80").unwrap()]);
+    /// let addr = "10.0.0.1:80".parse().unwrap();
+    /// let _p = c.acquire().unwrap();
+    /// assert_eq!(c.set_host_held(&addr, true), Some(1));
+    /// c.set_host_cap(&addr, Some(5)); // a coordinator's grant does not lift the hold
+    /// assert_eq!(c.acquire().unwrap_err(), Rejected::NoCapacity);
+    /// assert!(reg.snapshot().clusters[0].hosts[0].held);
+    /// c.set_host_held(&addr, false);
+    /// assert!(c.acquire().is_ok());
+    /// ```
+    pub fn set_host_held(&self, addr: &HostAddr, held: bool) -> Option<u32> {
+        let mut config = self.0.config.lock();
+        if held {
+            config.held.insert(addr.clone());
+        } else {
+            config.held.remove(addr);
+        }
+        let hosts = self.0.hosts.load();
+        let slot = hosts.get(addr.socket_addr())?;
+        Some(config.apply(slot))
+    }
+
+    /// Whether `addr` is held ([`Cluster::set_host_held`]).
+    pub fn is_host_held(&self, addr: &HostAddr) -> bool {
+        self.0.config.lock().held.contains(addr)
     }
 
     /// Sets the cap of hosts without a cap of their own (see [`Cluster::set_host_cap`]), or lifts

@@ -71,6 +71,9 @@ pub struct HostSnapshot {
     /// A cap under the limit (global mode: this instance's share), if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cap: Option<u32>,
+    /// Held at 0 new admissions by an operator's drain ([`crate::Cluster::set_host_held`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
     /// Active or draining.
     pub state: HostState,
     /// Connections admitted since the host joined.

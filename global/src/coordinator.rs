@@ -435,7 +435,9 @@ fn round(
             continue;
         };
         let pod = pods.entry(id.clone()).or_default();
-        let draining = host.state == wscap_core::HostState::Draining;
+        // A pod that left the cluster, or that an operator drains (held at 0): claim only what
+        // is live, so that the rest of its share goes back to the fleet.
+        let draining = host.state == wscap_core::HostState::Draining || host.held;
         let live = host.active;
         // Slots still wanted by the paused streams of a borrow round.
         let extra = borrow.map_or(0, |_| wanted_more);

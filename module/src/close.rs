@@ -417,7 +417,7 @@ pub fn start_drain(
             format!("host {host:?} is not a member of cluster {cluster:?}"),
         ));
     }
-    c.set_host_cap(&addr, Some(0));
+    c.set_host_held(&addr, true);
     let key = (cluster.to_owned(), addr.as_str().to_owned());
     let total = live(&key.0, &key.1);
     let mut s = state();
@@ -437,21 +437,68 @@ pub fn start_drain(
     .to_string())
 }
 
-/// `POST /wscap/drain?cluster=C&host=ip:port&seconds=S`: `(status, body)`.
+/// Ends the drain of `host` of `cluster`: no more closes, and the pod admits again. Answers the
+/// admin request.
+pub fn cancel_drain(
+    registry: &Registry,
+    cluster: &str,
+    host: &str,
+) -> Result<String, (u32, String)> {
+    let addr: HostAddr = host
+        .parse()
+        .map_err(|e| (400, format!("host {host:?}: {e}")))?;
+    let key = (cluster.to_owned(), addr.as_str().to_owned());
+    // A drain whose window is over stays held (no drain listed) until it is cancelled.
+    let drain = state().drains.remove(&key);
+    let cluster_ = registry.cluster(cluster);
+    let held = cluster_.as_ref().is_some_and(|c| c.is_host_held(&addr));
+    if drain.is_none() && !held {
+        return Err((
+            404,
+            format!("{host:?} in cluster {cluster:?} is not being drained"),
+        ));
+    }
+    if let Some(c) = cluster_ {
+        c.set_host_held(&addr, false);
+    }
+    Ok(serde_json::json!({
+        "cancelled": {"cluster": cluster, "host": addr.as_str(), "closed": drain.map_or(0, |d| d.closed)}
+    })
+    .to_string())
+}
+
+/// `POST /wscap/drain?cluster=C&host=ip:port&seconds=S` starts a drain;
+/// `POST /wscap/drain?cluster=C&host=ip:port&cancel=true` ends one. `(status, body)`.
 pub fn admin_drain(registry: &Registry, method: &str, path: &str) -> (u32, String) {
     let err = |status: u32, m: &str| (status, format!("{}\n", serde_json::json!({ "error": m })));
     if !method.eq_ignore_ascii_case("POST") {
         return err(405, "method not allowed: use POST");
     }
     let query = path.split_once('?').map_or("", |(_, q)| q);
-    let (mut cluster, mut host, mut seconds) = (None, None, None);
+    let (mut cluster, mut host, mut seconds, mut cancel) = (None, None, None, false);
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
             Some(("cluster", v)) => cluster = Some(v),
             Some(("host", v)) => host = Some(v),
             Some(("seconds", v)) => seconds = Some(v),
+            Some(("cancel", "true")) => cancel = true,
+            Some(("cancel", v)) => {
+                return err(400, &format!("cancel must be \"true\" (got {v:?})"));
+            }
             _ => return err(400, &format!("unknown query parameter {pair:?}")),
         }
+    }
+    if cancel {
+        let (Some(cluster), Some(host), None) = (cluster, host, seconds) else {
+            return err(
+                400,
+                "use POST /wscap/drain?cluster=C&host=ip:port&cancel=true (no seconds)",
+            );
+        };
+        return match cancel_drain(registry, cluster, host) {
+            Ok(body) => (200, format!("{body}\n")),
+            Err((status, m)) => err(status, &m),
+        };
     }
     let (Some(cluster), Some(host), Some(seconds)) = (cluster, host, seconds) else {
         return err(
@@ -817,6 +864,36 @@ mod tests {
         assert_eq!(live("t-close", "10.9.9.9:1"), 1);
         drop(regs);
         assert_eq!(live("t-close", "10.9.9.9:1"), 0);
+    }
+
+    #[test]
+    fn drain_requests_start_hold_and_cancel() {
+        let reg = Registry::new();
+        let c = reg.set_default_limit("t-drain-admin", 10).unwrap();
+        c.set_hosts(&[wscap_core::HostSpec::parse("10.8.8.8:1").unwrap()]);
+        let addr: HostAddr = "10.8.8.8:1".parse().unwrap();
+        let q = |s: &str| format!("/wscap/drain?cluster=t-drain-admin&host=10.8.8.8:1{s}");
+        for (method, path, status) in [
+            ("GET", q("&seconds=5"), 405),
+            ("POST", q(""), 400),
+            ("POST", q("&seconds=x"), 400),
+            ("POST", q("&cancel=yes"), 400),
+            ("POST", q("&seconds=5&cancel=true"), 400),
+            ("POST", q("&cancel=true"), 404),
+            ("POST", q("&colour=red"), 400),
+        ] {
+            let (got, body) = admin_drain(&reg, method, &path);
+            assert_eq!(got, status, "{method} {path}: {body}");
+            assert!(body.contains("\"error\""), "{body}");
+        }
+        assert!(!c.is_host_held(&addr));
+        assert_eq!(admin_drain(&reg, "POST", &q("&seconds=5")).0, 200);
+        assert!(c.is_host_held(&addr));
+        let (status, body) = admin_drain(&reg, "POST", &q("&cancel=true"));
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("cancelled"), "{body}");
+        assert!(!c.is_host_held(&addr));
+        assert_eq!(admin_drain(&reg, "POST", &q("&cancel=true")).0, 404);
     }
 
     #[test]

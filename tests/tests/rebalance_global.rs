@@ -14,7 +14,7 @@ use wscap_e2e::envoy::{Envoy, Opts};
 use wscap_e2e::reconnect::{max_per_second, Fleet};
 use wscap_e2e::redis::RedisServer;
 use wscap_e2e::rig::{CLUSTER, LISTENER};
-use wscap_e2e::{eventually, metrics, write_atomic, SETTLE};
+use wscap_e2e::{client, eventually, http, metrics, write_atomic, SETTLE};
 
 const LIMIT: u32 = 10;
 const RATE: u32 = 4;
@@ -41,26 +41,7 @@ async fn global_rebalance_keeps_the_fleet_within_r() {
     let mut envoys = Vec::new();
     let mut ports = Vec::new();
     for i in 0..2 {
-        let l = ListenerSpec::new(
-            LISTENER,
-            CLUSTER,
-            vec![config::wscap_filter(&filter.to_string())],
-        );
-        let mut boot = config::bootstrap(
-            std::slice::from_ref(&l),
-            vec![config::eds_cluster(CLUSTER, &eds, true)],
-            true,
-        );
-        boot["bootstrap_extensions"][0]["typed_config"]["extension_config"]["value"] = json!({
-            "stats_interval_ms": 100,
-            "redis_url": redis.url(),
-            "instance_id": format!("envoy-{i}"),
-            "lease_ttl_ms": 1500,
-            "refresh_ms": 200,
-        })
-        .to_string()
-        .into();
-        let envoy = Envoy::start(&boot, &Opts::with_module(2)).await;
+        let envoy = start_envoy(&filter, &eds, &redis, i).await;
         ports.push(envoy.listener_port(LISTENER).await);
         envoys.push(envoy);
     }
@@ -168,4 +149,156 @@ async fn global_rebalance_keeps_the_fleet_within_r() {
     for mut e in envoys {
         e.assert_running();
     }
+}
+
+/// One Envoy in global mode (lease 1.5 s, refresh 200 ms) on the EDS file `eds`, instance
+/// `envoy-{i}`.
+async fn start_envoy(
+    filter: &serde_json::Value,
+    eds: &std::path::Path,
+    redis: &RedisServer,
+    i: usize,
+) -> Envoy {
+    let l = ListenerSpec::new(
+        LISTENER,
+        CLUSTER,
+        vec![config::wscap_filter(&filter.to_string())],
+    );
+    let mut boot = config::bootstrap(
+        std::slice::from_ref(&l),
+        vec![config::eds_cluster(CLUSTER, eds, true)],
+        true,
+    );
+    boot["bootstrap_extensions"][0]["typed_config"]["extension_config"]["value"] = json!({
+        "stats_interval_ms": 100,
+        "redis_url": redis.url(),
+        "instance_id": format!("envoy-{i}"),
+        "lease_ttl_ms": 1500,
+        "refresh_ms": 200,
+    })
+    .to_string()
+    .into();
+    Envoy::start(&boot, &Opts::with_module(2)).await
+}
+
+/// A drain in global mode holds: the coordinator rewrites every pod's cap from the ledger on
+/// each round (every 200 ms here), but a drained pod takes no new WebSocket for as long as it is
+/// held, and its connections are closed over the window. Before the hold (a cap of 0 that the
+/// next round overwrote) the drained pod took new connections again within a round. Cancelled
+/// (`cancel=true`), the pod admits again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn global_drain_holds_across_coordinator_rounds() {
+    let redis = RedisServer::start();
+    let a = Backend::start("pod-a").await;
+    let b = Backend::start("pod-b").await;
+    let dir = wscap_e2e::scratch_dir("drain-global");
+    let eds = dir.join("pods.json");
+    write_atomic(
+        &eds,
+        &config::eds_file_contents(CLUSTER, &[Endpoint::new(a.addr), Endpoint::new(b.addr)], 1),
+    );
+    let filter = json!({"cluster": CLUSTER, "max_connections_per_host": LIMIT});
+    let envoy = start_envoy(&filter, &eds, &redis, 0).await;
+    let port = envoy.listener_port(LISTENER).await;
+    // Both pods granted spare share first, so that the clients spread over both.
+    eventually("caps on both pods", SETTLE, || async {
+        let v = envoy.wscap().await;
+        let caps: Vec<u64> = v["clusters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["name"] == CLUSTER)
+            .flat_map(|c| c["hosts"].as_array().cloned().unwrap_or_default())
+            .map(|h| h["cap"].as_u64().unwrap_or(0))
+            .collect();
+        (caps.len() == 2 && caps.iter().all(|&c| c >= 2))
+            .then_some(())
+            .ok_or(format!("caps {caps:?}"))
+    })
+    .await;
+    let start = Instant::now();
+    let fleet = Fleet::start(port, 4, start);
+    eventually("4 connections over both pods", SETTLE, || async {
+        let got = [a.active(), b.active()];
+        (got.iter().sum::<usize>() == 4 && got[0] > 0)
+            .then_some(())
+            .ok_or(format!("pods count {got:?}"))
+    })
+    .await;
+    let on_a = a.active();
+    let accepted_before = a.accepted();
+    let r = http::request(
+        envoy.admin,
+        "POST",
+        &format!("/wscap/drain?cluster={CLUSTER}&host={}&seconds=1", a.host()),
+        &[],
+    )
+    .await
+    .expect("POST /wscap/drain");
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Its clients reconnect onto pod-b; new clients too, over many coordinator rounds.
+    eventually("pod-a drained", SETTLE, || async {
+        let got = [a.active(), b.active()];
+        (got == [0, 4])
+            .then_some(())
+            .ok_or(format!("pods count {got:?}"))
+    })
+    .await;
+    let mut held = Vec::new();
+    for i in 0..6 {
+        held.push(
+            client::connect(port, "/ws")
+                .await
+                .expect_open(&format!("new {i}")),
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        held.iter().all(|c| c.backend == "pod-b"),
+        "a new WebSocket reached the drained pod: {:?}",
+        held.iter().map(|c| c.backend.clone()).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        a.accepted(),
+        accepted_before,
+        "the drained pod accepted a connection after the drain began"
+    );
+    let closes = fleet.closes();
+    assert_eq!(
+        closes.len(),
+        on_a,
+        "the drain closes what pod-a held, once each: {closes:?}"
+    );
+    assert!(closes.iter().all(|c| c.1 == "pod-a"), "{closes:?}");
+    // pod-b is full (4 + 6 = 10), pod-a held: refused. Cancelled, pod-a admits again.
+    let r = client::connect(port, "/ws")
+        .await
+        .expect_refused("both unavailable");
+    assert_eq!(r.status, 503);
+    let cancel = format!(
+        "/wscap/drain?cluster={CLUSTER}&host={}&cancel=true",
+        a.host()
+    );
+    let r = http::request(envoy.admin, "POST", &cancel, &[])
+        .await
+        .expect("POST cancel");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = http::request(envoy.admin, "POST", &cancel, &[])
+        .await
+        .expect("POST cancel");
+    assert_eq!(r.status, 404, "a second cancel: {}", r.text());
+    let c = eventually("pod-a admits after the cancel", SETTLE, || async {
+        match client::connect(port, "/ws").await {
+            client::Outcome::Open(c) => Ok(c),
+            other => Err(format!("status {}", other.status())),
+        }
+    })
+    .await;
+    assert_eq!(c.backend, "pod-a");
+    held.push(c);
+    assert!(a.max_seen() <= LIMIT as usize && b.max_seen() <= LIMIT as usize);
+    fleet.stop().await;
+    drop(held);
+    let mut envoy = envoy;
+    envoy.assert_running();
 }
