@@ -416,12 +416,16 @@ fn timeout_loop() {
             }
             cq.waiters = kept;
             if let Some(fleet) = cq.fleet.clone().filter(|f| f.active()) {
+                let period = Duration::from_millis(fleet.retry_period_ms().max(1));
                 if cq.waiters.is_empty() {
                     cq.next_borrow = None;
-                } else if !cq.borrowing && !cq.waiters.iter().any(|w| w.woken) {
-                    // (Not while a woken waiter is acquiring: a round would count its room
-                    // again and wake the next one, who could take the slot first.)
-                    let period = Duration::from_millis(fleet.retry_period_ms().max(1));
+                } else if cq.borrowing || cq.waiters.iter().any(|w| w.woken) {
+                    // Not while a woken waiter is acquiring (a round would count its room
+                    // again and wake the next one, who could take the slot first): look again
+                    // in a period (a waiter that stays in place notifies nobody).
+                    let again = now + period;
+                    next = Some(next.map_or(again, |n| n.min(again)));
+                } else {
                     let due = *cq.next_borrow.get_or_insert(now + period);
                     if due <= now {
                         cq.borrowing = true;
