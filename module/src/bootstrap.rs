@@ -56,6 +56,20 @@ pub struct GlobalMetrics {
     pub borrow_latency_us: Option<MetricId>,
 }
 
+/// Ids of the wait queue's metrics (`None` when Envoy refused one). In `/stats/prometheus`
+/// with the prefix `envoy_dynamicmodulescustom_`; a cluster's series appear once a stream
+/// waited on it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueueMetrics {
+    /// `wscap_waiting{cluster}` (gauge): streams waiting in the cluster's queue (the same
+    /// name as in `/wscap?format=prometheus`).
+    pub waiting: Option<MetricId>,
+    /// `wscap_queue_wait_ms{cluster}` (histogram): how long each finished wait lasted, in
+    /// milliseconds, admitted or timed out (`queue_timeout`); a client that hung up while
+    /// waiting is not recorded.
+    pub wait_ms: Option<MetricId>,
+}
+
 /// What global mode reports on one timer tick.
 #[derive(Debug, Clone, Default)]
 pub struct GlobalReport {
@@ -115,6 +129,7 @@ pub struct Bootstrap {
     retired: Mutex<HashSet<String>>,
     global: GlobalMetrics,
     global_reported: Mutex<GlobalReported>,
+    queue: QueueMetrics,
 }
 
 impl Bootstrap {
@@ -129,6 +144,34 @@ impl Bootstrap {
             retired: Mutex::new(HashSet::new()),
             global: GlobalMetrics::default(),
             global_reported: Mutex::new(GlobalReported::default()),
+            queue: QueueMetrics::default(),
+        }
+    }
+
+    /// With the wait queue's metrics.
+    pub fn with_queue_metrics(mut self, queue: QueueMetrics) -> Self {
+        self.queue = queue;
+        self
+    }
+
+    /// Sets `wscap_waiting{cluster}` for every cluster that ever queued (`views`, from
+    /// [`crate::queue::views`]) and records each finished wait (`waits`, from
+    /// [`crate::queue::take_wait_samples`]) into `wscap_queue_wait_ms{cluster}`.
+    pub fn refresh_queue(
+        &self,
+        views: &[(String, crate::queue::QueueView)],
+        waits: &[(String, u64)],
+        sink: &impl GaugeSink,
+    ) {
+        if let Some(id) = self.queue.waiting {
+            for (cluster, v) in views {
+                sink.set_gauge(id, &[cluster], v.waiting as u64);
+            }
+        }
+        if let Some(id) = self.queue.wait_ms {
+            for (cluster, ms) in waits {
+                sink.record_histogram(id, &[cluster], *ms);
+            }
         }
     }
 
@@ -559,6 +602,45 @@ mod tests {
                 (107, v(&[]), 3),
             ]
         );
+    }
+
+    #[test]
+    fn queue_metrics_follow_the_views_and_record_every_wait() {
+        let b = Bootstrap::new(BootstrapSettings::default(), Gauges::default()).with_queue_metrics(
+            QueueMetrics {
+                waiting: Some(MetricId(1)),
+                wait_ms: Some(MetricId(2)),
+            },
+        );
+        let view = |waiting| crate::queue::QueueView {
+            waiting,
+            max_waiting: 10,
+            admitted: 0,
+            timed_out: 0,
+            full: 0,
+            oldest_wait_ms: 0,
+            fleet_grants: 0,
+        };
+        let sink = Sink::default();
+        b.refresh_queue(
+            &[("a".into(), view(3)), ("b".into(), view(0))],
+            &[("a".into(), 120), ("a".into(), 6000)],
+            &sink,
+        );
+        let v = |s: &str| vec![s.to_owned()];
+        assert_eq!(
+            sink.0.take(),
+            vec![
+                (1, v("a"), 3),
+                (1, v("b"), 0),
+                (202, v("a"), 120),
+                (202, v("a"), 6000)
+            ]
+        );
+        // Without the metrics (Envoy refused them) nothing is written.
+        let none = Bootstrap::new(BootstrapSettings::default(), Gauges::default());
+        none.refresh_queue(&[("a".into(), view(1))], &[("a".into(), 5)], &sink);
+        assert!(sink.0.take().is_empty());
     }
 
     #[test]

@@ -62,8 +62,10 @@ pub struct RouteSettings {
     pub retry_after_seconds: Option<u32>,
     /// This route's WebSockets pass uncounted and unsteered.
     pub disabled: bool,
-    /// This route's wait queue, over the filter's.
-    pub queue: Option<crate::queue::QueueSettings>,
+    /// This route's wait queue, over the filter's: `None` (no `"queue"`): the filter's;
+    /// `Some(None)` (`"queue": null` or `"queue": "off"`): none on this route (refused at
+    /// once); `Some(Some(q))`: the route's own.
+    pub queue: Option<Option<crate::queue::QueueSettings>>,
 }
 
 #[derive(Deserialize)]
@@ -72,7 +74,30 @@ struct RawRoute {
     max_connections_per_host: Option<i64>,
     retry_after_seconds: Option<i64>,
     disabled: Option<bool>,
-    queue: Option<crate::queue::QueueSettings>,
+    /// `Some(Value::Null)` for an explicit `null` (absent: `None`).
+    #[serde(default, deserialize_with = "present")]
+    queue: Option<serde_json::Value>,
+}
+
+/// Deserializes a field that is present (even as `null`) into `Some`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
+}
+
+/// A route's `"queue"`: `null` or `"off"` (none on this route), or
+/// `{"max_waiting": N, "timeout_ms": T}`.
+fn route_queue(v: serde_json::Value) -> Result<Option<crate::queue::QueueSettings>, String> {
+    match v {
+        serde_json::Value::Null => Ok(None),
+        serde_json::Value::String(s) if s == "off" => Ok(None),
+        v @ serde_json::Value::Object(_) => serde_json::from_value::<crate::queue::QueueSettings>(v)
+            .map_err(|e| format!("invalid \"queue\": {e}"))?
+            .validate()
+            .map(Some),
+        other => Err(format!(
+            "\"queue\" must be {{\"max_waiting\": N, \"timeout_ms\": T}}, null or \"off\" (got {other})"
+        )),
+    }
 }
 
 /// The LB policy's config. Every field is optional: `{}` (or an empty value) works.
@@ -200,7 +225,8 @@ fn retry_field(retry: i64) -> Result<u32, String> {
 }
 
 /// Parses a per-route config (`DynamicModuleFilterPerRoute`'s `filter_config`): at least one of
-/// `max_connections_per_host`, `retry_after_seconds`, `disabled`.
+/// `max_connections_per_host`, `retry_after_seconds`, `disabled`, `queue` (an object, or `null`
+/// / `"off"` for no queue on this route).
 ///
 /// ```
 /// use wscap::config::parse_route;
@@ -208,6 +234,9 @@ fn retry_field(retry: i64) -> Result<u32, String> {
 /// assert!(parse_route(br#"{"disabled":true}"#).unwrap().disabled);
 /// assert!(parse_route(br#"{"max_connections":2}"#).unwrap_err().contains("max_connections"));
 /// assert!(parse_route(b"{}").unwrap_err().contains("empty"));
+/// let q = parse_route(br#"{"queue":{"max_waiting":4,"timeout_ms":800}}"#).unwrap().queue;
+/// assert_eq!(q.flatten().map(|q| q.timeout_ms), Some(800));
+/// assert_eq!(parse_route(br#"{"queue":null}"#).unwrap().queue, Some(None));
 /// ```
 pub fn parse_route(bytes: &[u8]) -> Result<RouteSettings, String> {
     let text = utf8(bytes)?;
@@ -227,10 +256,7 @@ pub fn parse_route(bytes: &[u8]) -> Result<RouteSettings, String> {
         max_connections_per_host: raw.max_connections_per_host.map(limit_field).transpose()?,
         retry_after_seconds: raw.retry_after_seconds.map(retry_field).transpose()?,
         disabled: raw.disabled.unwrap_or(false),
-        queue: raw
-            .queue
-            .map(crate::queue::QueueSettings::validate)
-            .transpose()?,
+        queue: raw.queue.map(route_queue).transpose()?,
     })
 }
 
@@ -414,6 +440,41 @@ mod tests {
         assert!(r(r#"{"cluster":"x"}"#)
             .unwrap_err()
             .contains("unknown field `cluster`"));
+    }
+
+    #[test]
+    fn route_queue_on_off_and_inherited() {
+        use crate::queue::QueueSettings;
+        let r = |j: &str| parse_route(j.as_bytes());
+        assert_eq!(
+            r(r#"{"queue":{"max_waiting":3,"timeout_ms":700}}"#)
+                .unwrap()
+                .queue,
+            Some(Some(QueueSettings {
+                max_waiting: 3,
+                timeout_ms: 700
+            }))
+        );
+        assert_eq!(r(r#"{"queue":null}"#).unwrap().queue, Some(None));
+        assert_eq!(r(r#"{"queue":"off"}"#).unwrap().queue, Some(None));
+        assert_eq!(r(r#"{"retry_after_seconds":1}"#).unwrap().queue, None);
+        for (bad, says) in [
+            (r#"{"queue":"on"}"#, "null or \"off\""),
+            (r#"{"queue":false}"#, "null or \"off\""),
+            (r#"{"queue":7}"#, "null or \"off\""),
+            (
+                r#"{"queue":{"max_waiting":0,"timeout_ms":5}}"#,
+                "max_waiting",
+            ),
+            (r#"{"queue":{"max_waiting":1}}"#, "timeout_ms"),
+            (
+                r#"{"queue":{"max_waiting":1,"timeout_ms":5,"x":1}}"#,
+                "unknown field `x`",
+            ),
+        ] {
+            let e = r(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -452,7 +452,7 @@ impl Filter {
             retry_after_seconds: route
                 .retry_after_seconds
                 .unwrap_or(self.config.retry_after_seconds),
-            queue: route.queue.or(self.config.queue),
+            queue: route.queue.unwrap_or(self.config.queue),
         };
         // With a queue, a newcomer does not jump ahead of streams that already wait.
         let jump = target.queue.is_some() && crate::queue::has_waiters(target.cluster.name());
@@ -810,7 +810,8 @@ impl Filter {
                 slot
             }
         };
-        match crate::queue::enqueue(self.cluster_name(), settings, slot, wake_head) {
+        let fleet = self.config.borrower.clone().filter(|b| b.active());
+        match crate::queue::enqueue(self.cluster_name(), settings, slot, wake_head, fleet) {
             crate::queue::Enqueued::Waiting(ticket) => {
                 self.queued = Some(ticket);
                 self.phase = Phase::Waiting;

@@ -72,6 +72,11 @@ pub trait Borrower: Send + Sync + std::fmt::Debug {
     fn active(&self) -> bool;
     /// Asks for more room on `cluster`; `done` runs once, on any thread, with the outcome.
     fn request_borrow(&self, cluster: &str, done: BorrowDone);
+    /// How often streams waiting in a queue ask the fleet for room again
+    /// ([`crate::queue`]), in milliseconds.
+    fn retry_period_ms(&self) -> u64 {
+        100
+    }
 }
 
 /// The process's coordinator as a [`Borrower`], looked up at each call (the bootstrap extension
@@ -89,5 +94,11 @@ impl Borrower for GlobalBorrower {
             Some(c) => c.request_borrow(cluster, done),
             None => done(BorrowOutcome::Unavailable),
         }
+    }
+
+    /// Half the refresh period (10 ms at least): a slot freed through another instance
+    /// returns to the ledger at that instance's next refresh round.
+    fn retry_period_ms(&self) -> u64 {
+        (refresh_ms() / 2).max(10)
     }
 }

@@ -15,7 +15,14 @@
 //! - one background thread (started with the first waiter) removes waiters whose deadline has
 //!   passed and commits [`EVENT_TIMEOUT`]: the stream answers `503` `queue_timeout` even when
 //!   no slot ever frees;
-//! - a stream destroyed while waiting (the client hung up) leaves the queue in its `destroy`.
+//! - a stream destroyed while waiting (the client hung up) leaves the queue in its `destroy`;
+//! - in global mode ([`enqueue`] got an active [`Borrower`]) room can appear elsewhere in the
+//!   fleet: a slot freed through another Envoy is no release here, and this instance's cap only
+//!   rises when its coordinator claims more share. So while a cluster has waiters, the timeout
+//!   thread asks the coordinator for as many slots as there are waiters, one borrow round at a
+//!   time, every [`Borrower::retry_period_ms`], and never while a woken waiter is still
+//!   acquiring; a round that succeeds (a grant, or a cap that a refresh already raised) wakes
+//!   the oldest waiter, whose admission wakes the next one.
 //!
 //! Every commit happens under the waiter's [`ResumeSlot`] lock, which the stream also holds
 //! when it deletes its scheduler, so a scheduler is never used after its deletion.
@@ -25,7 +32,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use crate::filter::ResumeSlot;
+use crate::global::Borrower;
+use wscap_global::BorrowOutcome;
 
 /// Event id: a slot may be free, try to acquire.
 pub const EVENT_WAKE: u64 = 10;
@@ -84,6 +95,14 @@ struct ClusterQueue {
     admitted: u64,
     /// The largest `max_waiting` seen for this cluster (for `/wscap`).
     max_waiting: u32,
+    /// Global mode: where waiters ask the fleet for room (the last active borrower enqueued).
+    fleet: Option<Arc<dyn Borrower>>,
+    /// A fleet borrow round for the waiters is in flight.
+    borrowing: bool,
+    /// When the next fleet borrow round may start.
+    next_borrow: Option<Instant>,
+    /// Fleet borrow rounds that found room for the waiters.
+    fleet_grants: u64,
 }
 
 struct Queues {
@@ -106,6 +125,27 @@ pub fn enable_retry_tick() {
 
 /// Waiters over every cluster: lets [`notify`] return at once when nobody waits (no lock).
 static WAITING: AtomicU64 = AtomicU64::new(0);
+
+/// The most wait samples kept between two takes (the bootstrap timer takes them every
+/// `stats_interval_ms`); more are dropped.
+pub const MAX_WAIT_SAMPLES: usize = 65_536;
+
+/// One finished wait (admitted or timed out): cluster and milliseconds waited, for the
+/// `wscap_queue_wait_ms{cluster}` histogram.
+static WAIT_SAMPLES: Mutex<Vec<(String, u64)>> = Mutex::new(Vec::new());
+
+fn record_wait(cluster: &str, since: Instant) {
+    let ms = u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let mut samples = WAIT_SAMPLES.lock().unwrap_or_else(PoisonError::into_inner);
+    if samples.len() < MAX_WAIT_SAMPLES {
+        samples.push((cluster.to_owned(), ms));
+    }
+}
+
+/// The waits that ended (admitted or timed out) since the last call: `(cluster, ms)`.
+pub fn take_wait_samples() -> Vec<(String, u64)> {
+    std::mem::take(&mut *WAIT_SAMPLES.lock().unwrap_or_else(PoisonError::into_inner))
+}
 
 fn queues() -> &'static Queues {
     QUEUES.get_or_init(|| {
@@ -143,17 +183,22 @@ pub enum Enqueued {
 }
 
 /// Puts a paused stream at the back of `cluster`'s queue. When `wake_head` is set (the stream
-/// did not try to acquire because others wait) the head is woken to try.
+/// did not try to acquire because others wait) the head is woken to try. `fleet`: global
+/// mode's borrower (active), through which the waiters ask the fleet for room.
 pub fn enqueue(
     cluster: &str,
     settings: QueueSettings,
     slot: ResumeSlot,
     wake_head: bool,
+    fleet: Option<Arc<dyn Borrower>>,
 ) -> Enqueued {
     let q = queues();
     let mut all = q.clusters.lock().unwrap_or_else(PoisonError::into_inner);
     let cq = all.entry(cluster.to_owned()).or_default();
     cq.max_waiting = cq.max_waiting.max(settings.max_waiting);
+    if fleet.is_some() {
+        cq.fleet = fleet;
+    }
     if cq.waiters.len() >= settings.max_waiting as usize {
         cq.full += 1;
         return Enqueued::Full;
@@ -237,7 +282,11 @@ pub fn leave(cluster: &str, ticket: u64, admitted: bool) {
         return;
     };
     if let Some(i) = cq.waiters.iter().position(|w| w.ticket == ticket) {
-        cq.waiters.remove(i);
+        if let Some(w) = cq.waiters.remove(i) {
+            if admitted {
+                record_wait(cluster, w.since);
+            }
+        }
         WAITING.fetch_sub(1, Ordering::Relaxed);
     }
     if admitted {
@@ -261,6 +310,9 @@ pub struct QueueView {
     pub full: u64,
     /// How long the oldest waiter has waited, in milliseconds.
     pub oldest_wait_ms: u64,
+    /// Global mode: fleet borrow rounds for the waiters that found room (each woke the oldest
+    /// waiter).
+    pub fleet_grants: u64,
 }
 
 /// Every cluster that ever queued, by name.
@@ -281,6 +333,7 @@ pub fn views() -> Vec<(String, QueueView)> {
                     admitted: cq.admitted,
                     timed_out: cq.timed_out,
                     full: cq.full,
+                    fleet_grants: cq.fleet_grants,
                     oldest_wait_ms: cq.waiters.front().map_or(0, |w| {
                         u64::try_from(now.saturating_duration_since(w.since).as_millis())
                             .unwrap_or(u64::MAX)
@@ -331,7 +384,8 @@ pub fn add_to_prometheus(mut text: String) -> String {
     text
 }
 
-/// The timeout thread: sleeps until the earliest deadline, then refuses expired waiters.
+/// The timeout thread: sleeps until the earliest deadline, then refuses expired waiters; in
+/// global mode it also starts the fleet borrow rounds of clusters that have waiters.
 fn timeout_loop() {
     let q = queues();
     let mut all = q.clusters.lock().unwrap_or_else(PoisonError::into_inner);
@@ -339,7 +393,8 @@ fn timeout_loop() {
         let now = Instant::now();
         let mut next: Option<Instant> = None;
         let tick = RETRY_TICK.load(Ordering::Relaxed);
-        for cq in all.values_mut() {
+        let mut borrows: Vec<(String, Arc<dyn Borrower>, u32)> = Vec::new();
+        for (name, cq) in all.iter_mut() {
             // Rate-limited room: retry the head (only the head, to keep the order).
             if tick {
                 if let Some(w) = cq.waiters.front_mut().filter(|w| !w.woken) {
@@ -351,6 +406,7 @@ fn timeout_loop() {
             for w in cq.waiters.drain(..) {
                 if w.deadline <= now {
                     commit(&w.slot, EVENT_TIMEOUT);
+                    record_wait(name, w.since);
                     cq.timed_out += 1;
                     WAITING.fetch_sub(1, Ordering::Relaxed);
                 } else {
@@ -359,9 +415,40 @@ fn timeout_loop() {
                 }
             }
             cq.waiters = kept;
+            if let Some(fleet) = cq.fleet.clone().filter(|f| f.active()) {
+                let period = Duration::from_millis(fleet.retry_period_ms().max(1));
+                if cq.waiters.is_empty() {
+                    cq.next_borrow = None;
+                } else if cq.borrowing || cq.waiters.iter().any(|w| w.woken) {
+                    // Not while a woken waiter is acquiring (a round would count its room
+                    // again and wake the next one, who could take the slot first): look again
+                    // in a period (a waiter that stays in place notifies nobody).
+                    let again = now + period;
+                    next = Some(next.map_or(again, |n| n.min(again)));
+                } else {
+                    let due = *cq.next_borrow.get_or_insert(now + period);
+                    if due <= now {
+                        cq.borrowing = true;
+                        cq.next_borrow = Some(now + period);
+                        let n = u32::try_from(cq.waiters.len()).unwrap_or(u32::MAX);
+                        borrows.push((name.clone(), fleet, n));
+                    } else {
+                        next = Some(next.map_or(due, |n| n.min(due)));
+                    }
+                }
+            }
         }
         if tick && next.is_some() {
             next = next.map(|n| n.min(now + Duration::from_millis(RETRY_TICK_MS)));
+        }
+        if !borrows.is_empty() {
+            // The borrower may answer at once, on this thread: never under the queues' lock.
+            drop(all);
+            for (cluster, fleet, n) in borrows {
+                fleet_borrow(&cluster, fleet.as_ref(), n);
+            }
+            all = q.clusters.lock().unwrap_or_else(PoisonError::into_inner);
+            continue;
         }
         all = match next {
             Some(t) => {
@@ -372,6 +459,47 @@ fn timeout_loop() {
             }
             None => q.changed.wait(all).unwrap_or_else(PoisonError::into_inner),
         };
+    }
+}
+
+/// One fleet borrow round for `n` waiters of `cluster`: `n` requests (the coordinator answers
+/// them in one round, asking the ledger for `n` slots). When the last answer arrives the round
+/// is over; if any was a grant the oldest waiter is woken (its admission wakes the next one,
+/// so the order holds however many slots came).
+fn fleet_borrow(cluster: &str, fleet: &dyn Borrower, n: u32) {
+    struct Round {
+        left: std::sync::atomic::AtomicU32,
+        granted: std::sync::atomic::AtomicBool,
+        cluster: String,
+    }
+    let round = Arc::new(Round {
+        left: std::sync::atomic::AtomicU32::new(n.max(1)),
+        granted: std::sync::atomic::AtomicBool::new(false),
+        cluster: cluster.to_owned(),
+    });
+    for _ in 0..n.max(1) {
+        let round = Arc::clone(&round);
+        fleet.request_borrow(
+            cluster,
+            Box::new(move |outcome| {
+                if outcome == BorrowOutcome::Granted {
+                    round.granted.store(true, Ordering::Relaxed);
+                }
+                if round.left.fetch_sub(1, Ordering::AcqRel) != 1 {
+                    return;
+                }
+                let q = queues();
+                let mut all = q.clusters.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(cq) = all.get_mut(&round.cluster) {
+                    cq.borrowing = false;
+                    if round.granted.load(Ordering::Relaxed) {
+                        cq.fleet_grants += 1;
+                        wake_one(cq);
+                    }
+                }
+                q.changed.notify_one();
+            }),
+        );
     }
 }
 
@@ -445,7 +573,7 @@ mod tests {
             assert!(parse_filter(bad.as_bytes()).is_err(), "{bad}");
         }
         let r = parse_route(br#"{"queue":{"max_waiting":2,"timeout_ms":50}}"#).unwrap();
-        assert_eq!(r.queue.map(|q| q.max_waiting), Some(2));
+        assert_eq!(r.queue.flatten().map(|q| q.max_waiting), Some(2));
     }
 
     #[test]
@@ -457,12 +585,12 @@ mod tests {
         };
         let c = "unit-fifo";
         let t: Vec<u64> = (0..3)
-            .map(|i| match enqueue(c, s, slot(&log, i), false) {
+            .map(|i| match enqueue(c, s, slot(&log, i), false, None) {
                 Enqueued::Waiting(t) => t,
                 Enqueued::Full => panic!("full"),
             })
             .collect();
-        assert_eq!(enqueue(c, s, slot(&log, 9), false), Enqueued::Full);
+        assert_eq!(enqueue(c, s, slot(&log, 9), false, None), Enqueued::Full);
         assert!(has_waiters(c));
         // Waiter 1 hangs up; two releases wake 0 then 2, in order.
         leave(c, t[1], false);
@@ -485,12 +613,89 @@ mod tests {
             timeout_ms: 20,
         };
         let log2 = Arc::new(Mutex::new(Vec::new()));
-        enqueue("unit-timeout", short, slot(&log2, 7), false);
+        enqueue("unit-timeout", short, slot(&log2, 7), false, None);
         let deadline = Instant::now() + Duration::from_secs(10);
         while log2.lock().unwrap().is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(*log2.lock().unwrap(), vec![(7, EVENT_TIMEOUT)]);
         assert!(!has_waiters("unit-timeout"));
+    }
+
+    /// A fleet that answers every borrow at once with `outcome`, counting the requests.
+    #[derive(Debug)]
+    struct Fleet {
+        outcome: Mutex<BorrowOutcome>,
+        asked: std::sync::atomic::AtomicU64,
+    }
+    impl Borrower for Fleet {
+        fn active(&self) -> bool {
+            true
+        }
+        fn request_borrow(&self, _cluster: &str, done: crate::global::BorrowDone) {
+            self.asked.fetch_add(1, Ordering::Relaxed);
+            let o = *self.outcome.lock().unwrap();
+            done(o);
+        }
+        fn retry_period_ms(&self) -> u64 {
+            5
+        }
+    }
+
+    fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn in_global_mode_a_fleet_grant_wakes_the_oldest_waiter_only() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let fleet = Arc::new(Fleet {
+            outcome: Mutex::new(BorrowOutcome::Full),
+            asked: std::sync::atomic::AtomicU64::new(0),
+        });
+        let s = QueueSettings {
+            max_waiting: 5,
+            timeout_ms: 60_000,
+        };
+        let c = "unit-fleet";
+        let t: Vec<u64> = (0..3)
+            .map(|i| {
+                let f: Arc<dyn Borrower> = fleet.clone();
+                match enqueue(c, s, slot(&log, i), false, Some(f)) {
+                    Enqueued::Waiting(t) => t,
+                    Enqueued::Full => panic!("full"),
+                }
+            })
+            .collect();
+        // The fleet is full: rounds repeat (three requests each, one per waiter), nobody wakes.
+        wait_for("two full rounds", || {
+            fleet.asked.load(Ordering::Relaxed) >= 6
+        });
+        assert_eq!(fleet.asked.load(Ordering::Relaxed) % 3, 0);
+        assert!(log.lock().unwrap().is_empty(), "woken without room");
+        // Room appears in the fleet: the oldest waiter (only) is woken.
+        *fleet.outcome.lock().unwrap() = BorrowOutcome::Granted;
+        wait_for("the head woken", || !log.lock().unwrap().is_empty());
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(*log.lock().unwrap(), vec![(0, EVENT_WAKE)]);
+        // Its admission wakes the next one.
+        leave(c, t[0], true);
+        assert_eq!(log.lock().unwrap().last(), Some(&(1, EVENT_WAKE)));
+        let v = views().into_iter().find(|(n, _)| n == c).unwrap().1;
+        assert!(v.fleet_grants >= 1, "{v:?}");
+        leave(c, t[1], true);
+        leave(c, t[2], false);
+        // No waiters, no more rounds.
+        std::thread::sleep(Duration::from_millis(20));
+        let asked = fleet.asked.load(Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(fleet.asked.load(Ordering::Relaxed), asked);
+        // Two admitted waits were recorded for the histogram.
+        let waits = take_wait_samples();
+        assert_eq!(waits.iter().filter(|(n, _)| n == c).count(), 2, "{waits:?}");
     }
 }

@@ -7,7 +7,9 @@ use super::sys::*;
 use super::{
     config_new, guard, host, into_module_ptr, module_ref, refuse_config, take_module_ptr, text,
 };
-use crate::bootstrap::{self, Bootstrap, GaugeSink, Gauges, GlobalMetrics, GlobalReport};
+use crate::bootstrap::{
+    self, Bootstrap, GaugeSink, Gauges, GlobalMetrics, GlobalReport, QueueMetrics,
+};
 use crate::filter::MetricId;
 use crate::{config, log, Level, REGISTRY};
 
@@ -232,7 +234,13 @@ pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_config_new(
                 );
             }
             let global = settings.global.is_some();
-            let mut state = Bootstrap::new(settings, gauges);
+            let histogram =
+                envoy_dynamic_module_callback_bootstrap_extension_config_define_histogram
+                    as DefineFn;
+            let mut state = Bootstrap::new(settings, gauges).with_queue_metrics(QueueMetrics {
+                waiting: define(gauge, config_envoy, "wscap_waiting", &["cluster"]),
+                wait_ms: define(histogram, config_envoy, "wscap_queue_wait_ms", &["cluster"]),
+            });
             if global {
                 state = state.with_global_metrics(define_global_metrics(config_envoy));
             }
@@ -323,6 +331,11 @@ pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_timer_fired(
             let sink = EnvoyBootstrapConfig(config_envoy);
             let snapshot = REGISTRY.snapshot();
             cfg.state.refresh(&snapshot, &sink);
+            cfg.state.refresh_queue(
+                &crate::queue::views(),
+                &crate::queue::take_wait_samples(),
+                &sink,
+            );
             let fleet = crate::global::coordinator().and_then(|c| {
                 crate::close::FleetCounts::from_view(
                     &c.fleet_view(),
