@@ -272,6 +272,19 @@ impl Envoy {
         }
     }
 
+    /// SIGSTOP (`true`) or SIGCONT (`false`) to Envoy's PID: a frozen instance holds its sockets
+    /// and answers nothing (a stalled process, as Redis and clients see it).
+    pub fn freeze(&self, stop: bool) {
+        let Some(pid) = self.pid() else {
+            return;
+        };
+        let sig = if stop { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: kill(2) on the PID of our own child, not yet reaped (still in `self.child`), so
+        // the PID cannot have been reused.
+        let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
+        assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+    }
+
     /// Panic if Envoy is no longer running (e.g. it crashed), with the log.
     pub fn assert_running(&mut self) {
         if let Some(st) = self.try_wait() {

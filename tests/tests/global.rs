@@ -27,7 +27,7 @@ use wscap_e2e::config::{self, Endpoint, ListenerSpec};
 use wscap_e2e::envoy::{Envoy, Opts};
 use wscap_e2e::redis::RedisServer;
 use wscap_e2e::rig::{assert_wscap_refusal, CLUSTER, LISTENER, RETRY_AFTER};
-use wscap_e2e::{eventually, SETTLE};
+use wscap_e2e::{eventually, Rng, SETTLE};
 use wscap_testkit::pki::TestPki;
 use wscap_testkit::RedisOptions;
 
@@ -422,20 +422,6 @@ async fn close_all(open: Vec<WsClient>) {
     }
 }
 
-/// A small deterministic PRNG (xorshift64*), seeded and printed so a failing run can be replayed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 // (a) ------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -549,7 +535,7 @@ async fn b_random_churn_across_instances_never_breaks_the_invariant() {
             refusals.clone(),
         );
         tasks.push(tokio::spawn(async move {
-            let mut rng = Rng(seed.wrapping_add(w.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1);
+            let mut rng = Rng::new(seed.wrapping_add(w.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1);
             let mut held: Vec<WsClient> = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 if held.is_empty() || rng.below(3) > 0 && held.len() < 3 {
