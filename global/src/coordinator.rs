@@ -7,8 +7,9 @@
 //! - shrinking: the local cap falls first ([`wscap_core::Cluster::set_host_cap`] returns the live
 //!   count after it took effect), then the ledger is told the new share, never below live.
 //!
-//! So at every moment, on every instance, live ≤ local cap ≤ share held in the ledger, and the
-//! ledger's shares sum to at most the pod's limit.
+//! So at every moment, on every instance, local cap ≤ share held in the ledger and live ≤ share
+//! (an admission needs live < cap), and the ledger's shares sum to at most the pod's limit. (The
+//! cap may sit below live only after the limit was lowered: see `round`.)
 
 use std::collections::HashMap;
 use std::ops::Deref;
@@ -443,12 +444,29 @@ fn round(
         let extra = borrow.map_or(0, |_| wanted_more);
         // Spare share lets most admissions skip the round trip; none while others want more.
         let spare = if pod.in_demand { 0 } else { config.headroom };
-        let desired = if draining {
+        let mut desired = if draining {
             live
         } else {
             host.limit
                 .min(live.saturating_add(spare).saturating_add(extra))
         };
+        // A lowered limit: the shares held (as the last claim saw them) add up to more than the
+        // pod's limit now. The ledger never takes a share away, so each holder gives back what it
+        // does not use: its local cap drops to what fits beside the others' shares, even below
+        // its live count (nobody is evicted, but a close then frees no slot), and its share in
+        // the ledger to that or its live count, whichever is larger. With every holder doing so
+        // on its rounds, the pod is back within the new limit once enough connections closed.
+        // Only when the shares overflow: in the ordinary case an unmet want must reach the
+        // ledger (it marks the pod in demand).
+        let others: u32 = pod
+            .parts
+            .iter()
+            .filter(|p| p.instance != ledger.instance())
+            .map(|p| p.share)
+            .fold(0, u32::saturating_add);
+        if others.saturating_add(pod.share) > host.limit {
+            desired = desired.min(host.limit.saturating_sub(others));
+        }
         if borrow.is_some() {
             if draining {
                 continue;
@@ -503,8 +521,11 @@ fn round(
                     // Written every time, not only on a change: core's cap may differ from the
                     // one last written here (the host was removed and added again in between,
                     // which resets it to the default cap).
-                    cluster.set_host_cap(&addr, Some(claim.granted));
-                    pod.cap = claim.granted;
+                    // The cap never above `desired`: after a lowered limit the share may have to
+                    // stay at the live count while the cap is below it (see above).
+                    let cap = claim.granted.min(desired);
+                    cluster.set_host_cap(&addr, Some(cap));
+                    pod.cap = cap;
                     pod.cap_known = true;
                     // Rank the pod by its fill across the fleet (admission still obeys the cap),
                     // so that this instance's connections go where the fleet has room.

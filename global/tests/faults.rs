@@ -204,3 +204,95 @@ fn a_pod_that_leaves_and_returns_admits_only_what_the_ledger_grants() {
     assert!(a.admit().is_none(), "and no more than the limit");
     assert_eq!(fleet.max(), LIMIT);
 }
+
+/// Break #3: a lowered limit takes unused share back (and a raised one gives it again). Three instances hold 6 connections on a
+/// pod of limit 10 (2 each, each with spare share); the limit drops to 4 on every instance.
+/// Nobody is evicted, but no new connection is admitted while 4 or more are live, and once
+/// connections close the fleet admits up to the new limit exactly. Before the fix each instance
+/// kept its share (the ledger never shrinks one), so the fleet admitted up to 12.
+#[test]
+fn a_lowered_limit_takes_unused_share_back() {
+    let redis = RedisServer::start();
+    let insts = instances(&redis, 3, 2);
+    let pod = HostSpec::parse(PODS[0]).unwrap();
+    for i in &insts {
+        i.registry
+            .cluster("pods")
+            .unwrap()
+            .set_hosts(std::slice::from_ref(&pod));
+    }
+    assert!(eventually(Duration::from_secs(3), || insts
+        .iter()
+        .all(|i| i.coordinator().fleet_view().pods.len() == 1)));
+    let fleet = Arc::new(FleetCount::default());
+    let mut held: Vec<Vec<Held>> = Vec::new();
+    for i in &insts {
+        let mut h = Vec::new();
+        fill(&[i], &fleet, &mut h, 2);
+        assert_eq!(h.len(), 2);
+        held.push(h);
+    }
+    // Spare share is granted on top of the live counts (once the fill's demand has passed).
+    assert!(
+        eventually(Duration::from_secs(3), || insts.iter().all(|i| i
+            .coordinator()
+            .fleet_view()
+            .pods[0]
+            .shares
+            >= 9)),
+        "no spare share was granted: {:?}",
+        insts[0].coordinator().fleet_view().pods
+    );
+
+    const LOWER: u32 = 4;
+    for i in &insts {
+        i.registry.set_default_limit("pods", LOWER).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let all: Vec<&Instance> = insts.iter().collect();
+    let mut extra = Vec::new();
+    let until = Instant::now() + Duration::from_millis(800);
+    while Instant::now() < until {
+        for i in &all {
+            if let Ok(p) = i.registry.acquire("pods") {
+                extra.push(fleet.hold(p));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        extra.len(),
+        0,
+        "admitted {} with 6 live on a pod whose limit is now {LOWER}",
+        extra.len()
+    );
+    // All 6 close: the fleet admits exactly up to the new limit.
+    drop(held);
+    drop(extra);
+    let mut again = Vec::new();
+    let keep = insts[0].admit().map(|p| fleet.hold(p));
+    assert!(
+        keep.is_some(),
+        "nothing admitted after every connection closed"
+    );
+    fill(&all, &fleet, &mut again, 100);
+    assert_eq!(
+        fleet.total(),
+        LOWER,
+        "the fleet holds {} on a pod of limit {LOWER}",
+        fleet.total()
+    );
+    let shares: u32 = insts[0].coordinator().fleet_view().pods[0].shares;
+    assert!(
+        shares <= LOWER,
+        "shares {shares} above the new limit {LOWER}"
+    );
+
+    // Raised again: the fleet admits up to the old limit, exactly.
+    for i in &insts {
+        i.registry.set_default_limit("pods", LIMIT).unwrap();
+    }
+    fill(&all, &fleet, &mut again, 100);
+    assert_eq!(fleet.total(), LIMIT, "after the limit was raised back");
+    drop(keep);
+}
