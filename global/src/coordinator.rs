@@ -16,7 +16,7 @@ use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use serde::Serialize;
@@ -112,6 +112,9 @@ struct Shared {
     /// Test-only fault injection: this many rounds still to panic (see
     /// [`Coordinator::inject_round_panics`]).
     inject_panics: AtomicU64,
+    /// When each pod's share lease ends, as the coordinator last renewed it: the lease watchdog
+    /// ([`watch_leases`]) lowers a pod's cap at that instant, whatever the rounds are doing.
+    leases: Mutex<HashMap<PodId, Instant>>,
 }
 
 /// The fleet as this instance last saw it.
@@ -165,6 +168,7 @@ pub struct FleetPod {
 pub struct Coordinator {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    watchdog: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -212,7 +216,15 @@ impl Coordinator {
             started: Instant::now(),
             panics: AtomicU64::new(0),
             inject_panics: AtomicU64::new(0),
+            leases: Mutex::new(HashMap::new()),
         });
+        let watchdog = std::thread::Builder::new()
+            .name("wscap-leases".to_owned())
+            .spawn({
+                let shared = Arc::clone(&shared);
+                move || watch_leases(&shared)
+            })
+            .map_err(|e| LedgerError::Redis(format!("cannot start the lease watchdog: {e}")))?;
         let thread = std::thread::Builder::new()
             .name("wscap-global".to_owned())
             .spawn({
@@ -223,6 +235,7 @@ impl Coordinator {
         Ok(Coordinator {
             shared,
             thread: Some(thread),
+            watchdog: Some(watchdog),
         })
     }
 
@@ -272,9 +285,52 @@ impl Drop for Coordinator {
             let _requests = self.shared.requests.lock();
             self.shared.wake.notify_all();
         }
-        if let Some(t) = self.thread.take() {
+        for t in [self.thread.take(), self.watchdog.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = t.join();
         }
+    }
+}
+
+/// The lease watchdog (its own thread): at the instant a pod's share lease ends (as this
+/// instance last renewed it, timed from before the claim was sent), the pod's cap falls to what
+/// the fail mode allows a pod without a lease ([`unleased_cap`]), even while a round is still
+/// under way: a round slower than the lease ttl (many pods, a slow link, a stalled connect) no
+/// longer lets a cap outlive its lease. It only ever lowers a cap; the next successful claim
+/// raises it again (under the same lock, so a renewal and an expiry never cross).
+fn watch_leases(shared: &Shared) {
+    let period =
+        (shared.config.refresh() / 8).clamp(Duration::from_millis(2), Duration::from_millis(50));
+    let fallback = unleased_cap(&shared.config);
+    while !shared.stop.load(Ordering::Acquire) {
+        std::thread::sleep(period);
+        let now = Instant::now();
+        let mut leases = shared.leases.lock();
+        leases.retain(|(cluster, address), until| {
+            if *until > now {
+                return true;
+            }
+            if let (Some(c), Ok(addr)) = (
+                shared.registry.cluster(cluster),
+                address.parse::<HostAddr>(),
+            ) {
+                if let Some(cap) = c.host(&addr).map(|h| h.limit()) {
+                    c.set_host_cap(&addr, Some(cap.min(fallback)));
+                }
+            }
+            false
+        });
+    }
+}
+
+/// The most a pod's cap may be while this instance holds no lease on it: nothing under
+/// `keep_share` and `reject`, `local_limit` under `local_limit`.
+fn unleased_cap(config: &GlobalConfig) -> u32 {
+    match config.fail_mode {
+        FailMode::LocalLimit => config.local_limit.unwrap_or(0),
+        FailMode::KeepShare | FailMode::Reject => 0,
     }
 }
 
@@ -384,6 +440,7 @@ fn guarded_round(
                 pod.share = 0;
                 pod.lease_until = None;
             }
+            shared.leases.lock().clear();
             let mut view = shared.view.lock();
             view.panics = n;
             view.last_error = Some(format!("coordinator round panicked: {msg}"));
@@ -486,10 +543,17 @@ fn round(
         }
 
         // Shrink locally first; the ledger never hears of a share below what is live. A cap
-        // not known to be in force is first lowered to what the ledger surely granted.
+        // not known to be in force is first lowered to what the ledger surely granted: nothing,
+        // once the lease has ended (the watchdog may have lowered the cap already; never raise
+        // it here before the ledger answers).
         let mut want = desired;
-        if !pod.cap_known || desired < pod.cap {
-            let to = if pod.cap_known {
+        let leased = pod.lease_until.is_some_and(|t| Instant::now() < t);
+        if !pod.cap_known || desired < pod.cap || !leased {
+            let to = if !leased && pod.cap_known {
+                desired.min(pod.cap).min(unleased_cap(config))
+            } else if !leased {
+                0
+            } else if pod.cap_known {
                 desired
             } else {
                 desired.min(pod.share)
@@ -520,11 +584,16 @@ fn round(
                     pod.parts = claim.parts;
                     // Written every time, not only on a change: core's cap may differ from the
                     // one last written here (the host was removed and added again in between,
-                    // which resets it to the default cap).
+                    // which resets it to the default cap, or the watchdog lowered it).
                     // The cap never above `desired`: after a lowered limit the share may have to
                     // stay at the live count while the cap is below it (see above).
                     let cap = claim.granted.min(desired);
-                    cluster.set_host_cap(&addr, Some(cap));
+                    {
+                        // The new lease and the cap it allows, as one step for the watchdog.
+                        let mut leases = shared.leases.lock();
+                        leases.insert(id.clone(), sent + config.lease_ttl());
+                        cluster.set_host_cap(&addr, Some(cap));
+                    }
                     pod.cap = cap;
                     pod.cap_known = true;
                     // Rank the pod by its fill across the fleet (admission still obeys the cap),
@@ -584,6 +653,7 @@ fn round(
             if failed.is_none() {
                 let _ = ledger.claim(&id.0, &id.1, 0, 0, 0);
             }
+            shared.leases.lock().remove(&id);
             pods.remove(&id);
         }
     }

@@ -148,59 +148,6 @@ fn after_a_loss_a_new_instance_gets_nothing_held_by_others() {
     assert!(fleet.max() <= LIMIT);
 }
 
-/// A loopback TCP relay to Redis that can be cut: while cut, it drops every connection it
-/// accepts and every one it relays (an instance cut off from Redis while others reach it).
-struct Relay {
-    port: u16,
-    cut: Arc<AtomicBool>,
-}
-
-impl Relay {
-    fn start(upstream: u16) -> Relay {
-        use std::net::{Shutdown, TcpListener, TcpStream};
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let cut = Arc::new(AtomicBool::new(false));
-        let live: Arc<parking_lot::Mutex<Vec<TcpStream>>> = Arc::default();
-        {
-            let (cut, live) = (cut.clone(), live.clone());
-            std::thread::spawn(move || {
-                for client in listener.incoming().flatten() {
-                    if cut.load(Ordering::SeqCst) {
-                        continue; // dropped: the client sees its connection closed
-                    }
-                    let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
-                        continue;
-                    };
-                    live.lock().push(client.try_clone().unwrap());
-                    for (mut from, mut to) in [
-                        (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                        (server, client),
-                    ] {
-                        std::thread::spawn(move || {
-                            let _ = std::io::copy(&mut from, &mut to);
-                            let _ = to.shutdown(Shutdown::Both);
-                            let _ = from.shutdown(Shutdown::Both);
-                        });
-                    }
-                }
-            });
-        }
-        let relay = Relay { port, cut };
-        // Cutting also closes what is relayed now.
-        let (cut2, live2) = (relay.cut.clone(), live);
-        std::thread::spawn(move || loop {
-            if cut2.load(Ordering::SeqCst) {
-                for s in live2.lock().drain(..) {
-                    let _ = s.shutdown(Shutdown::Both);
-                }
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        });
-        relay
-    }
-}
-
 /// The case the fleet epoch is for: Redis restarts empty while instances A and B hold a pod
 /// full between them; B is cut off from Redis for 600 ms (4 fresh windows) after the restart;
 /// a new instance C, to which the ledger looks fresh, starts at once and keeps asking. A
@@ -211,7 +158,7 @@ impl Relay {
 fn a_holder_that_saw_the_old_ledger_extends_the_grace_for_a_slower_one() {
     let mut redis = RedisServer::start();
     let relay = Relay::start(redis.url().rsplit(':').next().unwrap().parse().unwrap());
-    let relay_url = format!("redis://127.0.0.1:{}", relay.port);
+    let relay_url = relay.url();
     let pod = HostSpec::parse(PODS[0]).unwrap();
     let one_pod = |c: GlobalConfig| {
         let i = Instance::start(c, LIMIT);

@@ -3,7 +3,7 @@
 //! ends).
 #![allow(dead_code)]
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,5 +114,86 @@ impl Drop for Held {
     fn drop(&mut self) {
         self.fleet.0[self.i].fetch_sub(1, Ordering::SeqCst);
         drop(self.permit.take());
+    }
+}
+
+/// A loopback TCP relay to Redis that can be cut or slowed: while cut, it drops every
+/// connection it accepts and every one it relays (an instance cut off from Redis while others
+/// reach it); with a delay, every chunk from Redis waits that long before it is passed on (a
+/// slow link: each reply comes `delay_ms` late).
+pub struct Relay {
+    pub port: u16,
+    pub cut: Arc<AtomicBool>,
+    pub delay_ms: Arc<AtomicU64>,
+}
+
+impl Relay {
+    pub fn start(upstream: u16) -> Relay {
+        use std::io::{Read, Write};
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let live: Arc<parking_lot::Mutex<Vec<TcpStream>>> = Arc::default();
+        {
+            let (cut, live, delay_ms) = (cut.clone(), live.clone(), delay_ms.clone());
+            std::thread::spawn(move || {
+                for client in listener.incoming().flatten() {
+                    if cut.load(Ordering::SeqCst) {
+                        continue; // dropped: the client sees its connection closed
+                    }
+                    let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                        continue;
+                    };
+                    live.lock().push(client.try_clone().unwrap());
+                    for (mut from, mut to, delay) in [
+                        (
+                            client.try_clone().unwrap(),
+                            server.try_clone().unwrap(),
+                            None,
+                        ),
+                        (server, client, Some(delay_ms.clone())),
+                    ] {
+                        std::thread::spawn(move || {
+                            let mut buf = [0u8; 16 * 1024];
+                            while let Ok(n @ 1..) = from.read(&mut buf) {
+                                if let Some(d) = &delay {
+                                    let ms = d.load(Ordering::SeqCst);
+                                    if ms > 0 {
+                                        std::thread::sleep(Duration::from_millis(ms));
+                                    }
+                                }
+                                if to.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                            let _ = to.shutdown(Shutdown::Both);
+                            let _ = from.shutdown(Shutdown::Both);
+                        });
+                    }
+                }
+            });
+        }
+        let relay = Relay {
+            port,
+            cut,
+            delay_ms,
+        };
+        // Cutting also closes what is relayed now.
+        let (cut2, live2) = (relay.cut.clone(), live);
+        std::thread::spawn(move || loop {
+            if cut2.load(Ordering::SeqCst) {
+                for s in live2.lock().drain(..) {
+                    let _ = s.shutdown(Shutdown::Both);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        });
+        relay
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
     }
 }
