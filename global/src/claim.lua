@@ -3,12 +3,19 @@
 -- KEYS[1]  the pod's hash, wscap:{<cluster>/<ip:port>}
 -- KEYS[2]  the fleet record, wscap:fleet
 -- ARGV     instance id, wanted share, live count, pod limit, lease ttl ms, restart grace ms,
---          demand window ms, epoch this instance last saw (0: none), fresh window ms
+--          demand window ms, epoch this instance last saw (0: none), fresh window ms, hold ms
 --
--- Pod fields: limit, demand, and per instance i:
---   s:<i> share, l:<i> live connections, e:<i> lease expiry (server ms).
--- Fleet fields: epoch (server ms the ledger was created on this Redis), grace_until (server ms).
--- Server time decides expiry; instances' clocks never matter.
+-- Pod fields: limit, demand, and per instance i: s:<i> share, l:<i> live connections, e:<i>
+-- lease expiry (server ms), x:<i> when a claim first found that lease ended (server ms).
+--
+-- An ended lease is held, not dropped: its holder's share (or its live count, if larger) still
+-- counts against the limit until `hold` ms after the first claim that found it ended. A lease
+-- can end while its holder lives and holds connections: Redis frozen or unreachable for longer
+-- than the ttl, restored from a snapshot, or the holder itself stalled. After such an outage
+-- the hold starts at the first claim that finds the lease ended, which is a claim after the
+-- outage, and a holder that is alive renews within a refresh of reaching Redis again (well
+-- within `hold`, the lease ttl), so its connections are never handed out twice. A holder that
+-- is gone (killed: its connections died with it) is dropped `hold` ms after that.
 --
 -- Restart grace: while now < grace_until, an instance may only reclaim what it holds (its live
 -- count). It applies when the ledger shows a possible loss: an instance that saw an earlier
@@ -18,9 +25,9 @@
 -- still holds connections from before a loss to reach Redis and turn it into a full grace.
 -- A pod new to a ledger that exists gets no grace at all.
 --
--- Invariant kept: the sum of shares of instances whose lease has not expired is at most the
--- limit, except when the limit itself was lowered (a share is never taken away here: its holder
--- shrinks it).
+-- Invariant kept: the sum of shares of instances whose lease has not ended or is held is at
+-- most the limit, except when the limit itself was lowered (a share is never taken away here:
+-- its holder shrinks it).
 --
 -- A claim that cannot be granted in full marks the pod as in demand; for the demand window
 -- every instance keeps no spare share on it, so unused share flows back within one refresh.
@@ -37,7 +44,8 @@ local grace = tonumber(ARGV[6])
 local window = tonumber(ARGV[7])
 local seen = tonumber(ARGV[8])
 local fresh = tonumber(ARGV[9])
-if not (want and live and limit and ttl and grace and window and seen and fresh) then
+local hold = tonumber(ARGV[10])
+if not (want and live and limit and ttl and grace and window and seen and fresh and hold) then
   return redis.error_reply('wscap: non-numeric argument')
 end
 
@@ -63,28 +71,39 @@ end
 local in_grace = now < grace_until
 
 local fields = redis.call('HGETALL', key)
-local shares, lives, expiries = {}, {}, {}
+local shares, lives, expiries, ended = {}, {}, {}, {}
 for i = 1, #fields, 2 do
   local f, v = fields[i], fields[i + 1]
   local kind, id = string.sub(f, 1, 2), string.sub(f, 3)
   if kind == 's:' then shares[id] = tonumber(v) or 0
   elseif kind == 'l:' then lives[id] = tonumber(v) or 0
   elseif kind == 'e:' then expiries[id] = tonumber(v) or 0
+  elseif kind == 'x:' then ended[id] = tonumber(v) or 0
   end
 end
-
 local others = 0
+local cur = 0
 for id, exp in pairs(expiries) do
-  if exp < now then
-    redis.call('HDEL', key, 's:' .. id, 'l:' .. id, 'e:' .. id)
-    shares[id], lives[id], expiries[id] = nil, nil, nil
-  elseif id ~= inst then
+  if id == inst then
+    if exp >= now then cur = shares[id] or 0 end
+  elseif exp >= now then
     others = others + (shares[id] or 0)
+  else
+    local since = ended[id]
+    if since == nil then
+      since = now
+      redis.call('HSET', key, 'x:' .. id, now)
+    end
+    if now - since >= hold then
+      redis.call('HDEL', key, 's:' .. id, 'l:' .. id, 'e:' .. id, 'x:' .. id)
+      shares[id], lives[id], expiries[id] = nil, nil, nil
+    else
+      -- Held: what it may hold counts against the limit, as its share.
+      shares[id] = math.max(shares[id] or 0, lives[id] or 0)
+      others = others + shares[id]
+    end
   end
 end
-
-local cur = 0
-if expiries[inst] then cur = shares[inst] or 0 end
 local granted
 if want <= cur then
   granted = want
@@ -102,8 +121,9 @@ local in_demand = demand ~= nil and now < demand + window
 
 redis.call('HSET', key, 's:' .. inst, granted, 'l:' .. inst, live, 'e:' .. inst, now + ttl,
   'limit', limit)
+if ended[inst] then redis.call('HDEL', key, 'x:' .. inst) end
 -- A pod nobody refreshes any more disappears on its own.
-redis.call('PEXPIRE', key, 2 * ttl + grace)
+redis.call('PEXPIRE', key, 2 * ttl + grace + hold)
 shares[inst], lives[inst], expiries[inst] = granted, live, now + ttl
 
 local out = { granted, now, in_grace and 1 or 0, in_demand and 1 or 0, epoch }

@@ -217,7 +217,10 @@ impl Ledger {
             .arg(grace)
             .arg(window)
             .arg(self.seen_epoch)
-            .arg(self.fresh_ms);
+            .arg(self.fresh_ms)
+            // An ended lease is held for one more ttl (claim.lua): a holder that stalled, or
+            // could not reach a frozen Redis, for less than that loses nothing.
+            .arg(ttl);
         let reply =
             match Self::connect(&mut self.conn, &self.client, self.io_timeout).and_then(|conn| {
                 invocation

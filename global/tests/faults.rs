@@ -378,3 +378,122 @@ fn caps_fall_at_lease_expiry_when_a_round_is_slower_than_the_ttl() {
         &violations[..violations.len().min(10)]
     );
 }
+
+/// Break #2 of issue 10: Redis frozen (SIGSTOP) for 2 × the lease ttl, then thawed. Every
+/// lease has ended on the server clock by then, while every instance still holds its
+/// connections: the ledger must not forget them (claim.lua holds an ended lease for one more
+/// ttl). No pod may go above its limit (the holders count).
+#[test]
+fn a_redis_frozen_past_the_ttl_forgets_no_live_connection() {
+    let mut redis = RedisServer::start();
+    let insts = instances(&redis, 3, 2);
+    ledger_away_then_back(&insts, || {
+        redis.freeze();
+        std::thread::sleep(Duration::from_millis(2 * 900));
+        redis.thaw();
+    });
+}
+
+/// Redis restarted from a snapshot taken at its shutdown (`SHUTDOWN SAVE`, RDB), after 2 × the
+/// ttl without a server: the ledger comes back with every lease ended and the old epoch, so no
+/// restart grace applies; the ended leases' holders must still keep their connections.
+#[test]
+fn a_redis_restarted_from_an_rdb_snapshot_forgets_no_live_connection() {
+    let mut redis = RedisServer::start();
+    let insts = instances(&redis, 3, 2);
+    ledger_away_then_back(&insts, || {
+        redis.restart_from_snapshot(Duration::from_millis(2 * 900))
+    });
+}
+
+/// The same with the append-only file (`appendfsync always`: no write is lost) after kill -9.
+#[test]
+fn a_redis_restarted_from_its_aof_after_kill_forgets_no_live_connection() {
+    let mut redis = RedisServer::start_with(wscap_testkit::RedisOptions {
+        extra_args: ["--appendonly", "yes", "--appendfsync", "always"]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    });
+    let insts = instances(&redis, 3, 2);
+    ledger_away_then_back(&insts, || {
+        redis.kill();
+        std::thread::sleep(Duration::from_millis(2 * 900));
+        redis.start_again_from_disk();
+    });
+}
+
+/// One instance cut off from Redis for 1.5 × the lease ttl (a relay that drops its
+/// connections) while the others reach it and keep asking for more: its leases end, the
+/// ledger holds them, and it renews when it is back. Nothing may be handed out twice.
+#[test]
+fn an_instance_cut_off_alone_for_less_than_twice_the_ttl_loses_nothing() {
+    let redis = RedisServer::start();
+    let relay = Relay::start(redis.url().rsplit(':').next().unwrap().parse().unwrap());
+    let insts: Vec<Instance> = (0..3)
+        .map(|i| {
+            let url = if i == 1 { relay.url() } else { redis.url() };
+            let mut c = config(&url, &format!("envoy-{i}"), FailMode::KeepShare);
+            c.headroom = 2;
+            Instance::start(c, LIMIT)
+        })
+        .collect();
+    assert!(eventually(Duration::from_secs(5), || insts
+        .iter()
+        .all(|i| i.coordinator().fleet_view().pods.len() == PODS.len())));
+    std::thread::sleep(Duration::from_millis(GRACE_MS + 200));
+    ledger_away_then_back(&insts, || {
+        relay.cut.store(true, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(3 * 900 / 2));
+        relay.cut.store(false, Ordering::SeqCst);
+    });
+}
+
+/// 3 instances hold all 3 pods full; `outage` takes the ledger away (or one instance from it)
+/// for longer than the lease ttl and brings it back with its data; every instance keeps asking
+/// for more throughout and for 2 s after. Nothing may be admitted, and once 5 connections close
+/// exactly 5 are admitted again.
+fn ledger_away_then_back(insts: &[Instance], outage: impl FnOnce()) {
+    let all: Vec<&Instance> = insts.iter().collect();
+    let fleet = Arc::new(FleetCount::default());
+    let mut held = Vec::new();
+    fill(&all, &fleet, &mut held, 3 * LIMIT as usize);
+    assert_eq!(held.len(), 3 * LIMIT as usize, "the pods are full");
+    let stop = Arc::new(AtomicBool::new(false));
+    let sample = sampler(fleet.clone(), stop.clone());
+
+    // Every instance keeps asking for more, during the outage and for 2 s after it.
+    let asking = AtomicBool::new(true);
+    let extra = std::thread::scope(|s| {
+        let asker = s.spawn(|| {
+            let mut extra = Vec::new();
+            while asking.load(Ordering::Relaxed) {
+                for i in &all {
+                    if let Some(p) = i.admit() {
+                        extra.push(fleet.hold(p));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            extra
+        });
+        outage();
+        std::thread::sleep(Duration::from_secs(2));
+        asking.store(false, Ordering::Relaxed);
+        asker.join().unwrap()
+    });
+    let max = fleet.max();
+    assert_eq!(
+        extra.len(),
+        0,
+        "admitted {} with every pod full (a pod at {max} of {LIMIT})",
+        extra.len()
+    );
+    // Five close: exactly five are admitted again.
+    held.truncate(held.len() - 5);
+    fill(&all, &fleet, &mut held, 100);
+    stop.store(true, Ordering::Relaxed);
+    let max = sample.join().unwrap();
+    assert_eq!(fleet.total(), 3 * LIMIT, "the fleet is full again, exactly");
+    assert!(max <= LIMIT, "a pod held {max}, limit {LIMIT}");
+}

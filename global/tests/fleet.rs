@@ -170,7 +170,7 @@ fn random_churn_across_instances_never_breaks_the_invariant() {
 }
 
 #[test]
-fn a_killed_instance_loses_its_share_within_ttl_plus_a_refresh() {
+fn a_killed_instance_loses_its_share_within_two_ttls() {
     let redis = RedisServer::start();
     let fleet = Arc::new(FleetCount::default());
     let mut insts = instances(&redis, 3, FailMode::KeepShare);
@@ -197,18 +197,21 @@ fn a_killed_instance_loses_its_share_within_ttl_plus_a_refresh() {
     // kill -9: no more refreshes, and its connections die with it.
     drop(first.coordinator.take());
     victims.clear();
-    // Within lease ttl (900 ms) plus a refresh, the fleet view drops by K and the capacity is
-    // usable through the others.
-    assert!(eventually(Duration::from_millis(900 + 100 + 1500), || {
-        insts[1]
-            .coordinator()
-            .fleet_view()
-            .pods
-            .iter()
-            .map(|p| p.live)
-            .sum::<u32>()
-            == 18
-    }));
+    // Within twice the lease ttl (900 ms: the lease ends, then it is held for one more ttl) plus
+    // two refreshes, the fleet view drops by K and the capacity is usable through the others.
+    assert!(eventually(
+        Duration::from_millis(2 * 900 + 2 * 100 + 1000),
+        || {
+            insts[1]
+                .coordinator()
+                .fleet_view()
+                .pods
+                .iter()
+                .map(|p| p.live)
+                .sum::<u32>()
+                == 18
+        }
+    ));
     fill(&others, &fleet, &mut rest, 30, Duration::from_secs(3));
     assert_eq!(
         rest.len(),

@@ -199,12 +199,53 @@ impl RedisServer {
     /// kill -9, then a new, empty server on the same port.
     pub fn restart_empty(&mut self) {
         self.kill();
+        self.start_again();
+    }
+
+    /// Starts a new, empty server on the same port after [`RedisServer::kill`] (any RDB
+    /// snapshot or append-only file in its directory is removed first).
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "still running");
+        let _ = std::fs::remove_file(self.dir.join("dump.rdb"));
+        let _ = std::fs::remove_dir_all(self.dir.join("appendonlydir"));
         self.spawn();
     }
 
-    /// Starts a new, empty server on the same port after [`RedisServer::kill`].
-    pub fn start_again(&mut self) {
+    /// Starts a new server on the same port and directory after [`RedisServer::kill`], which
+    /// loads what persistence left there (the append-only file of a server started with
+    /// `--appendonly yes`, or an RDB snapshot).
+    pub fn start_again_from_disk(&mut self) {
         assert!(self.child.is_none(), "still running");
+        self.spawn();
+    }
+
+    /// `SHUTDOWN SAVE` (an RDB snapshot of everything, then a clean exit), `down` without a
+    /// server, then a new server on the same port and directory, which loads the snapshot: the
+    /// data survive, while server time went on (every lease in it may have ended). Plain TCP
+    /// servers only.
+    pub fn restart_from_snapshot(&mut self, down: Duration) {
+        use std::io::{Read, Write};
+        assert!(self.options.tls.is_none(), "plain TCP servers only");
+        if self.frozen {
+            self.thaw();
+        }
+        let mut child = self.child.take().expect("redis-server is running");
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", self.port))
+            .expect("connect to redis-server");
+        let auth = match &self.options.password {
+            Some(pw) => format!("AUTH {pw}\r\n"),
+            None => String::new(),
+        };
+        conn.write_all(format!("{auth}SHUTDOWN SAVE\r\n").as_bytes())
+            .expect("send SHUTDOWN SAVE");
+        let _ = conn.read(&mut [0u8; 256]); // the server closes the connection as it exits
+        let status = child.wait().expect("reap redis-server");
+        assert!(status.success(), "SHUTDOWN SAVE failed: {status}");
+        assert!(
+            self.dir.join("dump.rdb").exists(),
+            "no RDB snapshot was written"
+        );
+        std::thread::sleep(down);
         self.spawn();
     }
 

@@ -631,7 +631,7 @@ async fn b_random_churn_across_instances_never_breaks_the_invariant() {
 // (c) ------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn c_a_killed_envoy_frees_its_connections_within_ttl_plus_a_refresh() {
+async fn c_a_killed_envoy_frees_its_connections_within_two_ttls() {
     let mut fleet = Fleet::start("keep_share").await;
     const K: usize = 12;
     // K connections through instance 0 only.
@@ -664,7 +664,8 @@ async fn c_a_killed_envoy_frees_its_connections_within_ttl_plus_a_refresh() {
         .await;
     assert!(connect(fleet.ports[1], "/ws").await.status() == 503);
 
-    // kill -9 envoy-0: no teardown hook runs; its lease must expire on Redis's clock.
+    // kill -9 envoy-0: no teardown hook runs; its lease must end on Redis's clock, and is then
+    // held for one more ttl (an instance that only stalled would lose nothing).
     let killed_at = Instant::now();
     fleet.envoys[0].as_mut().unwrap().kill();
     fleet.envoys[0] = None;
@@ -674,7 +675,7 @@ async fn c_a_killed_envoy_frees_its_connections_within_ttl_plus_a_refresh() {
         before, FLEET as u64,
         "the view still counts envoy-0 before its lease ends"
     );
-    let bound = Duration::from_millis(TTL_MS + REFRESH_MS);
+    let bound = Duration::from_millis(2 * TTL_MS + 2 * REFRESH_MS);
     let slack = Duration::from_millis(600);
     loop {
         let live: u64 = fleet.fleet_live(1).await.iter().sum();
@@ -683,7 +684,7 @@ async fn c_a_killed_envoy_frees_its_connections_within_ttl_plus_a_refresh() {
         }
         assert!(
             killed_at.elapsed() < bound + slack,
-            "fleet view still says {live} live {:?} after kill -9 (lease ttl {TTL_MS} ms + refresh {REFRESH_MS} ms)",
+            "fleet view still says {live} live {:?} after kill -9 (2 × lease ttl {TTL_MS} ms + 2 × refresh {REFRESH_MS} ms)",
             killed_at.elapsed()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
