@@ -5,8 +5,9 @@
 -- ARGV     instance id, wanted share, live count, pod limit, lease ttl ms, restart grace ms,
 --          demand window ms, epoch this instance last saw (0: none), fresh window ms, hold ms
 --
--- Pod fields: limit, demand, and per instance i: s:<i> share, l:<i> live connections, e:<i>
--- lease expiry (server ms), x:<i> when a claim first found that lease ended (server ms).
+-- Pod fields: limit, demand, and per holder i (<instance id>#<process token>): s:<i> share,
+-- l:<i> live connections, e:<i> lease expiry (server ms), x:<i> when a claim first found that
+-- lease ended (server ms).
 --
 -- An ended lease is held, not dropped: its holder's share (or its live count, if larger) still
 -- counts against the limit until `hold` ms after the first claim that found it ended. A lease

@@ -43,7 +43,9 @@ pub struct GlobalConfig {
     /// `rediss://` only: PEM private key of `tls_cert_file`.
     #[serde(default)]
     pub tls_key_file: Option<String>,
-    /// This instance's id in the ledger; default: hostname and process id.
+    /// This instance's id in the ledger (and the fleet view); default: hostname and process
+    /// id. The ledger tells processes apart by a random token besides it, so two processes
+    /// with one id (a hot restart, one templated config) are still two holders.
     #[serde(default)]
     pub instance_id: Option<String>,
     /// How long a lease lives on the server without a refresh.

@@ -11,7 +11,7 @@
 //! (an admission needs live < cap), and the ledger's shares sum to at most the pod's limit. (The
 //! cap may sit below live only after the limit was lowered: see `round`.)
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -122,6 +122,8 @@ struct Shared {
 pub struct FleetView {
     /// This instance's id.
     pub instance: String,
+    /// This process's token in the ledger ([`InstancePart::process`]).
+    pub process: String,
     /// Whether the last round reached Redis.
     pub redis_ok: bool,
     /// The last error, if the last round failed.
@@ -201,6 +203,7 @@ impl Coordinator {
         let shared = Arc::new(Shared {
             view: Mutex::new(FleetView {
                 instance: ledger.instance().to_owned(),
+                process: ledger.process().to_owned(),
                 ..FleetView::default()
             }),
             config,
@@ -461,7 +464,7 @@ fn round(
     // Every lease renewed by this round was renewed at or after this instant.
     let round_started = Instant::now();
     let snapshot = shared.registry.snapshot();
-    let mut seen: Vec<PodId> = Vec::new();
+    let mut seen: HashSet<PodId> = HashSet::new();
     let mut failed: Option<LedgerError> = None;
     let mut outcome = BorrowOutcome::Full;
     let mut wanted_more = borrow.map_or(0, |(_, n)| n);
@@ -485,7 +488,7 @@ fn round(
 
     for (cluster_name, host) in work {
         let id: PodId = (cluster_name.to_owned(), host.address.clone());
-        seen.push(id.clone());
+        seen.insert(id.clone());
         let Some(cluster) = shared.registry.cluster(cluster_name) else {
             continue;
         };
@@ -518,7 +521,7 @@ fn round(
         let others: u32 = pod
             .parts
             .iter()
-            .filter(|p| p.instance != ledger.instance())
+            .filter(|p| !ledger.is_mine(p))
             .map(|p| p.share)
             .fold(0, u32::saturating_add);
         if others.saturating_add(pod.share) > host.limit {
@@ -601,7 +604,7 @@ fn round(
                     let elsewhere: u32 = pod
                         .parts
                         .iter()
-                        .filter(|p| p.instance != ledger.instance())
+                        .filter(|p| !ledger.is_mine(p))
                         .map(|p| p.live)
                         .fold(0, u32::saturating_add);
                     cluster.set_host_elsewhere(&addr, Some((elsewhere, host.limit)));

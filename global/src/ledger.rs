@@ -22,6 +22,11 @@ pub enum LedgerError {
 pub struct InstancePart {
     /// The instance id.
     pub instance: String,
+    /// The process that holds this part: a token each coordinator draws at random when it
+    /// starts. Two live processes with one instance id (an Envoy hot restart, one templated
+    /// config) are two parts, never one entry they overwrite in turn. Empty for an entry
+    /// written without one.
+    pub process: String,
     /// Share of the pod's limit it holds.
     pub share: u32,
     /// Live connections it last reported.
@@ -42,7 +47,8 @@ pub struct Claim {
     /// The ledger's epoch on this Redis (server ms it was created): changes when Redis lost
     /// its data and the ledger was created again.
     pub epoch: u64,
-    /// Every live instance's part of the pod, this one included, sorted by instance id.
+    /// Every live instance's part of the pod, this one included, sorted by instance id and
+    /// process.
     pub parts: Vec<InstancePart>,
 }
 
@@ -53,6 +59,9 @@ pub struct Ledger {
     claim: Script,
     prefix: String,
     instance: String,
+    process: String,
+    /// `<instance>#<process>`: this process's name in the ledger's fields.
+    ledger_id: String,
     io_timeout: Duration,
     ttl_ms: u64,
     grace_ms: u64,
@@ -121,12 +130,16 @@ impl Ledger {
         .map_err(|e| redact(config, e))?;
         let io_timeout =
             (config.refresh() / 2).clamp(Duration::from_millis(20), Duration::from_secs(1));
+        let instance = config.instance_id();
+        let process = format!("{:016x}", process_token());
         Ok(Ledger {
             client,
             conn: None,
             claim: Script::new(include_str!("claim.lua")),
             prefix: config.key_prefix.clone(),
-            instance: config.instance_id(),
+            ledger_id: format!("{instance}#{process}"),
+            instance,
+            process,
             io_timeout,
             ttl_ms: config.lease_ttl_ms,
             grace_ms: config.restart_grace().as_millis() as u64,
@@ -144,6 +157,16 @@ impl Ledger {
     /// This instance's id.
     pub fn instance(&self) -> &str {
         &self.instance
+    }
+
+    /// This process's token (see [`InstancePart::process`]).
+    pub fn process(&self) -> &str {
+        &self.process
+    }
+
+    /// Whether `part` is this process's own.
+    pub fn is_mine(&self, part: &InstancePart) -> bool {
+        part.instance == self.instance && part.process == self.process
     }
 
     /// Redis commands sent so far (script loads included).
@@ -200,7 +223,7 @@ impl Ledger {
     ) -> Result<Claim, LedgerError> {
         let key = self.pod_key(cluster, addr);
         let (instance, ttl, grace, window) = (
-            self.instance.clone(),
+            self.ledger_id.clone(),
             self.ttl_ms,
             self.grace_ms,
             self.demand_window_ms,
@@ -239,6 +262,14 @@ impl Ledger {
         self.seen_epoch = claim.epoch;
         Ok(claim)
     }
+}
+
+/// A random token for this process's coordinator (std's per-map random keys, hashed once).
+fn process_token() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.finish()
 }
 
 /// `e` with the URL's secrets taken out of its message ([`GlobalConfig::redact`]).
@@ -298,18 +329,24 @@ fn parse_claim(reply: &Value) -> Result<Claim, LedgerError> {
         .ok_or_else(|| LedgerError::BadReply(format!("epoch: {:?}", items[4])))?;
     let mut parts = Vec::with_capacity((items.len() - 5) / 3);
     for part in items[5..].chunks_exact(3) {
-        let instance = match &part[0] {
+        let id = match &part[0] {
             Value::BulkString(b) => String::from_utf8(b.clone())
                 .map_err(|_| LedgerError::BadReply("instance id is not UTF-8".to_owned()))?,
             other => return Err(LedgerError::BadReply(format!("instance id: {other:?}"))),
         };
+        // `<instance>#<process>`; the token has no `#`, the instance id may.
+        let (instance, process) = match id.rsplit_once('#') {
+            Some((i, p)) => (i.to_owned(), p.to_owned()),
+            None => (id, String::new()),
+        };
         parts.push(InstancePart {
             instance,
+            process,
             share: u32_of(&part[1], "share")?,
             live: u32_of(&part[2], "live")?,
         });
     }
-    parts.sort_by(|a, b| a.instance.cmp(&b.instance));
+    parts.sort_by(|a, b| (&a.instance, &a.process).cmp(&(&b.instance, &b.process)));
     Ok(Claim {
         granted,
         server_ms,

@@ -330,10 +330,12 @@ fn caps_fall_at_lease_expiry_when_a_round_is_slower_than_the_ttl() {
         .unwrap()
         .get_connection()
         .unwrap();
+    // The ledger names this process `<instance id>#<process token>`.
+    let field = format!("e:{ID}#{}", inst.coordinator().fleet_view().process);
     let lease = |conn: &mut redis::Connection| -> Option<u64> {
         redis::cmd("HGET")
             .arg("wscap:{pods/10.9.1.1:8080}")
-            .arg(format!("e:{ID}"))
+            .arg(&field)
             .query(conn)
             .unwrap()
     };
@@ -496,4 +498,33 @@ fn ledger_away_then_back(insts: &[Instance], outage: impl FnOnce()) {
     let max = sample.join().unwrap();
     assert_eq!(fleet.total(), 3 * LIMIT, "the fleet is full again, exactly");
     assert!(max <= LIMIT, "a pod held {max}, limit {LIMIT}");
+}
+
+/// Break #4 of issue 10: two live processes with one `instance_id` (an Envoy hot restart, one
+/// templated config). Each coordinator draws its own process token, so they are two holders
+/// in the ledger, not one entry they overwrite in turn: with all pods full, nothing more is
+/// admitted anywhere, and 5 closes admit exactly 5.
+#[test]
+fn two_processes_with_one_instance_id_are_two_holders() {
+    let redis = RedisServer::start();
+    let insts: Vec<Instance> = ["envoy-same", "envoy-same", "envoy-other"]
+        .iter()
+        .map(|id| {
+            let mut c = config(&redis.url(), id, FailMode::KeepShare);
+            c.headroom = 2;
+            Instance::start(c, LIMIT)
+        })
+        .collect();
+    assert!(eventually(Duration::from_secs(5), || insts
+        .iter()
+        .all(|i| i.coordinator().fleet_view().pods.len() == PODS.len())));
+    std::thread::sleep(Duration::from_millis(GRACE_MS + 200));
+    ledger_away_then_back(&insts, || {});
+    let view = insts[2].coordinator().fleet_view();
+    let same = view.pods[0]
+        .instances
+        .iter()
+        .filter(|p| p.instance == "envoy-same")
+        .count();
+    assert_eq!(same, 2, "two parts for one instance id: {:?}", view.pods[0]);
 }

@@ -227,7 +227,8 @@ impl FleetCounts {
             return None;
         }
         Some(FleetCounts {
-            me: view.instance.clone(),
+            // Keyed by instance and process: two processes with one instance id are two holders.
+            me: format!("{}#{}", view.instance, view.process),
             pods: view
                 .pods
                 .iter()
@@ -236,7 +237,7 @@ impl FleetCounts {
                         (p.cluster.clone(), p.address.clone()),
                         p.instances
                             .iter()
-                            .map(|i| (i.instance.clone(), i.live))
+                            .map(|i| (format!("{}#{}", i.instance, i.process), i.live))
                             .collect(),
                     )
                 })
