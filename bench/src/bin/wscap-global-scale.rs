@@ -188,6 +188,9 @@ struct Instance {
     outstanding: Arc<AtomicU32>,
     /// Churn owed (fractional closes carried between ticks).
     churn_debt: f64,
+    /// After a refused admission, no new try before this (a refused `acquire` scans every pod:
+    /// at 10,000 pods, trying every tick would make this driver the load).
+    next_try: Instant,
 }
 
 impl Instance {
@@ -213,16 +216,23 @@ impl Instance {
             target,
             outstanding: Arc::new(AtomicU32::new(0)),
             churn_debt: 0.0,
+            next_try: Instant::now(),
         }
     }
 
     /// Admits up to the target, locally while the share allows, then asks for the rest in one
     /// grouped borrow (at most 256 slots in flight).
     fn top_up(&mut self, now: Instant) {
+        if now < self.next_try {
+            return;
+        }
         while self.held.len() < self.target {
             match self.registry.acquire("pods") {
                 Ok(p) => self.held.push((p, now)),
-                Err(_) => break,
+                Err(_) => {
+                    self.next_try = now + Duration::from_millis(100);
+                    break;
+                }
             }
         }
         let deficit = self.target - self.held.len().min(self.target);
@@ -253,12 +263,32 @@ impl Instance {
 }
 
 /// The numbers of one run.
-fn run_one(spec: &Spec, redis_cpu: Option<usize>, announce: bool) -> Value {
+/// Time the threads of process `pid` spent runnable but waiting for a CPU (the second field of
+/// /proc/PID/task/*/schedstat): on a shared machine, a Redis that waits for the CPU is as busy as
+/// one that runs.
+fn sched_wait(pid: u32) -> Duration {
+    let mut ns: u64 = 0;
+    if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for e in rd.flatten() {
+            if let Ok(s) = std::fs::read_to_string(e.path().join("schedstat")) {
+                ns += s
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    Duration::from_nanos(ns)
+}
+
+/// One run: its numbers, and its Redis (still running; the caller reports, then drops it).
+fn run_one(spec: &Spec, redis_cpu: Option<usize>, announce: bool) -> (Value, PinnedRedis) {
     let load_start = sys::loadavg();
     let redis = PinnedRedis::start(redis_cpu);
     if announce {
         // The parent kills this PID too if this process has to be killed.
-        println!("REDIS_PID {}", redis.child.id());
+        println!("REDIS_PID {} {}", redis.child.id(), redis.port);
         let _ = std::io::stdout().flush();
     }
     let url = redis.url();
@@ -296,8 +326,10 @@ fn run_one(spec: &Spec, redis_cpu: Option<usize>, announce: bool) -> Value {
     let mut last_tick = Instant::now();
 
     let min_warmup = Duration::from_millis(2 * spec.refresh_ms);
-    let mut window_start: Option<(Instant, Info, f64, u64, Duration)> = None;
+    let redis_pid = redis.child.id();
+    let mut window_start: Option<(Instant, Info, Duration, u64, Duration)> = None;
     let mut fill_at_start = 0usize;
+    let mut bench_wait0 = Duration::ZERO;
     loop {
         let now = Instant::now();
         let dt = now.duration_since(last_tick).as_secs_f64();
@@ -353,10 +385,11 @@ fn run_one(spec: &Spec, redis_cpu: Option<usize>, announce: bool) -> Value {
                     window_start = Some((
                         now,
                         redis.info(),
-                        0.0,
+                        sched_wait(redis_pid),
                         coord_errors,
                         sys::cpu_time(std::process::id()),
                     ));
+                    bench_wait0 = sched_wait(std::process::id());
                     measuring = true;
                     eprintln!(
                         "  [{:5.1} s] window starts: fill {held} of {wanted}",
@@ -372,22 +405,34 @@ fn run_one(spec: &Spec, redis_cpu: Option<usize>, announce: bool) -> Value {
         }
         std::thread::sleep(TICK.saturating_sub(now.elapsed()));
     }
-    let Some((t0, info0, _, errors0, cpu0)) = window_start else {
+    let Some((t0, info0, wait0, errors0, cpu0)) = window_start else {
         unreachable!("the loop ends only inside the window")
     };
     eprintln!("  [{:5.1} s] window ends", started.elapsed().as_secs_f64());
     let info1 = redis.info();
+    let wait1 = sched_wait(redis_pid);
     let wall = t0.elapsed().as_secs_f64();
     let cpu1 = sys::cpu_time(std::process::id());
     let held_end: usize = fleet.iter().skip(1).map(|i| i.held.len()).sum();
     let wanted: usize = fleet.iter().skip(1).map(|i| i.target).sum();
     let mut errors1 = 0u64;
     let mut redis_down = 0u32;
+    let mut last_errors: Vec<String> = Vec::new();
     for inst in &fleet {
         let v = inst.coordinator.fleet_view();
         errors1 += v.claim_errors;
-        redis_down += u32::from(!v.redis_ok);
+        // The view is published at the end of a round: before that it is the default (not ok).
+        redis_down += u32::from(!v.redis_ok && v.last_error.is_none());
+        if let Some(e) = v.last_error {
+            if last_errors.len() < 3 && !last_errors.contains(&e) {
+                last_errors.push(e);
+            }
+        }
     }
+    let bench_wait1 = sched_wait(std::process::id());
+    // Never dropped: dropping a coordinator joins its thread, which first finishes its round,
+    // and a lagging round of a saturated fleet takes minutes. The process exits instead.
+    std::mem::forget(fleet);
     // A probe still waiting: how long (its borrow queues behind a refresh round that lags).
     let unanswered_s = probe_asked.map(|t| t.elapsed().as_secs_f64());
     let load_end = sys::loadavg();
@@ -395,7 +440,6 @@ fn run_one(spec: &Spec, redis_cpu: Option<usize>, announce: bool) -> Value {
         "  [{:5.1} s] measured; stopping redis-server",
         started.elapsed().as_secs_f64()
     );
-    drop(redis); // killed by PID; the coordinators are never joined (the process exits next)
 
     let redis_cpu_pct = (info1.cpu_secs() - info0.cpu_secs()) / wall * 100.0;
     let commands = info1.num("total_commands_processed") - info0.num("total_commands_processed");
@@ -404,7 +448,14 @@ fn run_one(spec: &Spec, redis_cpu: Option<usize>, announce: bool) -> Value {
     let error_replies = info1.num("total_error_replies") - info0.num("total_error_replies");
     let claims_due =
         f64::from(spec.instances) * f64::from(spec.pods) * wall * 1000.0 / spec.refresh_ms as f64;
-    let claim_errors = (errors1 - errors0) + error_replies as u64;
+    // A failed claim drops its connection and the next one reconnects: Redis counts the
+    // reconnections (less the one INFO connection of the window's end) even while a lagging
+    // coordinator has not yet published its error count (it does at the end of a round).
+    let reconnects =
+        (info1.num("total_connections_received") - info0.num("total_connections_received") - 1.0)
+            .max(0.0) as u64;
+    let claim_errors = (errors1 - errors0).max(reconnects) + error_replies as u64;
+    let redis_wait_pct = wait1.saturating_sub(wait0).as_secs_f64() / wall * 100.0;
     probe_latencies.sort();
     let pct = |q: f64| -> Option<f64> {
         if probe_latencies.is_empty() {
@@ -414,7 +465,7 @@ fn run_one(spec: &Spec, redis_cpu: Option<usize>, announce: bool) -> Value {
         Some(probe_latencies[i].as_secs_f64() * 1000.0)
     };
     let bench_cpu_pct = (cpu1.saturating_sub(cpu0)).as_secs_f64() / wall * 100.0;
-    json!({
+    let row = json!({
         "instances": spec.instances,
         "pods": spec.pods,
         "limit": spec.limit,
@@ -433,15 +484,20 @@ fn run_one(spec: &Spec, redis_cpu: Option<usize>, announce: bool) -> Value {
         "borrow_unanswered_waiting_s": unanswered_s,
         "claim_errors": claim_errors,
         "redis_error_replies": error_replies,
-        "instances_redis_not_ok": redis_down,
+        "instances_without_a_finished_round": redis_down,
+        "reconnects": reconnects,
+        "last_errors": last_errors,
+        "bench_runqueue_wait_pct": bench_wait1.saturating_sub(bench_wait0).as_secs_f64() / wall * 100.0,
+        "redis_runqueue_wait_pct": redis_wait_pct,
         "bench_cpu_pct": bench_cpu_pct,
         "fill_pct_start": if wanted > 0 { fill_at_start as f64 / wanted as f64 * 100.0 } else { 100.0 },
         "fill_pct_end": if wanted > 0 { held_end as f64 / wanted as f64 * 100.0 } else { 100.0 },
         "peak_rss_mb": peak_rss_mb(),
-        "saturated": redis_cpu_pct >= 90.0 || claim_errors > 0,
+        "saturated": redis_cpu_pct >= 90.0 || redis_cpu_pct + redis_wait_pct >= 90.0 || claim_errors > 0,
         "load_start": load_start,
         "load_end": load_end,
-    })
+    });
+    (row, redis)
 }
 
 /// VmHWM of this process, MiB.
@@ -466,7 +522,7 @@ fn f(v: &Value, digits: usize) -> String {
         .map_or_else(|| "?".to_owned(), |x| format!("{x:.digits$}"))
 }
 
-const TABLE_HEAD: &str = "| instances × pods | Redis CPU, % of one core | commands/s | claims/s (refresh due) | refresh coverage | Redis CPU µs per claim | borrow p50 / p99 ms (timed) | claim errors | bench CPU % (core 1) | fill start / end | saturated? |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|";
+const TABLE_HEAD: &str = "| instances × pods | Redis CPU, % of one core (+ waiting for a CPU) | commands/s | claims/s (refresh due) | refresh coverage | Redis CPU µs per claim | borrow p50 / p99 ms (timed) | claim errors | bench CPU % (core 1) | fill start / end | saturated? |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|";
 
 fn table_row(r: &Value) -> String {
     let sat = if r["saturated"].as_bool() == Some(true) {
@@ -475,10 +531,11 @@ fn table_row(r: &Value) -> String {
         "no"
     };
     format!(
-        "| {} × {} | {} | {} | {} ({}) | {} % | {} | {} / {} ({}) | {} | {} | {} / {} % | {} |",
+        "| {} × {} | {} (+{}) | {} | {} ({}) | {} % | {} | {} / {} ({}) | {} | {} | {} / {} % | {} |",
         r["instances"],
         r["pods"],
         f(&r["redis_cpu_pct"], 1),
+        f(&r["redis_runqueue_wait_pct"], 1),
         f(&r["commands_per_s"], 0),
         f(&r["claims_per_s"], 0),
         f(&r["claims_due_per_s"], 0),
@@ -533,16 +590,22 @@ fn run_child(spec: &Spec) -> Result<Value, String> {
         }
     });
     // Warm-up, start-up spread, window, and a generous margin for the child's own teardown.
-    let deadline = Instant::now() + MAX_WARMUP + Duration::from_secs(spec.secs + 90);
-    let mut redis_pid: Option<i32> = None;
+    let mut deadline = Instant::now() + MAX_WARMUP + Duration::from_secs(spec.secs + 90);
+    let mut redis: Option<(i32, String)> = None;
     let mut row: Option<Value> = None;
     loop {
         match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(line) => {
                 if let Some(p) = line.strip_prefix("REDIS_PID ") {
-                    redis_pid = p.trim().parse().ok();
+                    let mut w = p.split_whitespace();
+                    redis = w
+                        .next()
+                        .and_then(|pid| pid.parse().ok())
+                        .zip(w.next().map(str::to_owned));
                 } else if let Some(j) = line.strip_prefix("ROW ") {
                     row = serde_json::from_str(j).ok();
+                    // Reported: what is left is teardown, which a starved process may drag out.
+                    deadline = deadline.min(Instant::now() + Duration::from_secs(15));
                 } else {
                     println!("  {line}");
                 }
@@ -553,10 +616,19 @@ fn run_child(spec: &Spec) -> Result<Value, String> {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            if let Some(pid) = redis_pid {
-                // SAFETY: kill(2) on the redis-server PID our child reported it started; the
-                // child is dead, so that server is an orphan only we know of.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+            // The child's redis-server, if it is still that process (its command line names the
+            // port the child reported): an orphan now, which only we know of.
+            if let Some((pid, port)) = &redis {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let cmdline = String::from_utf8_lossy(&cmdline);
+                if cmdline.contains("redis-server") && cmdline.contains(port.as_str()) {
+                    // SAFETY: kill(2) on a PID whose command line we just checked.
+                    unsafe { libc::kill(*pid, libc::SIGKILL) };
+                }
+            }
+            if let Some(r) = row {
+                eprintln!("  (the run reported, then did not exit in time: killed)");
+                return Ok(r);
             }
             return Err(format!("{spec:?}: overran its time cap, killed"));
         }
@@ -615,10 +687,12 @@ fn main() {
     let redis_cpu = two_cores.then_some(0);
 
     if row {
-        let r = run_one(&spec, redis_cpu, true);
+        let (r, redis) = run_one(&spec, redis_cpu, true);
         println!("ROW {r}");
         let _ = std::io::stdout().flush();
-        // The coordinators are not joined: a lagging round could take minutes.
+        eprintln!("  reported; stopping redis-server");
+        drop(redis); // killed by PID
+                     // The coordinators are not joined: a lagging round could take minutes.
         std::process::exit(0);
     }
 
