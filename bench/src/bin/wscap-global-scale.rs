@@ -14,10 +14,12 @@
 //! or 20 s passed): Redis CPU (INFO `used_cpu_user` + `used_cpu_sys`, as % of one core),
 //! commands per second (`total_commands_processed`), claims (`cmdstat_evalsha` calls) and Redis
 //! CPU µs per claim, refresh coverage (claims made / claims due: N × P per refresh), claim errors
-//! (the coordinators' counters, plus Redis's error replies), borrow latency p50 / p99 of the
-//! probe, and this process's CPU (the simulated fleet shares one core, so a coverage below 100 %
-//! may be the client side). A run is *saturated* when Redis CPU ≥ 90 % of one core or a claim
-//! failed.
+//! (the coordinators' counters, Redis's error replies, and reconnections: a failed claim drops its
+//! connection), borrow latency p50 / p99 of the probe, Redis's and this process's time waiting
+//! for a CPU (`/proc/PID/task/*/schedstat`: the machine may be shared), and this process's CPU
+//! (the simulated fleet shares one core, so a coverage below 100 % may be the client side). A run
+//! is *saturated* when Redis CPU ≥ 90 % of one core, or CPU plus waiting for a CPU ≥ 90 % (Redis
+//! had work queued the whole window), or a claim failed.
 //!
 //! ```text
 //! wscap-global-scale --instances N --pods P [--secs S] [--limit L] [--fill PCT]
