@@ -15,8 +15,8 @@ pub enum FailMode {
     KeepShare,
     /// Admit nothing new while Redis cannot be reached. Exact.
     Reject,
-    /// Admit up to `local_limit` connections per pod on this instance alone. Not exact: the
-    /// fleet may hold up to instances × `local_limit` on a pod while Redis is down.
+    /// Admit up to `local_limit` connections per pod on this instance alone. Not exact: each
+    /// instance may hold the larger of `local_limit` and what it held when Redis went away.
     LocalLimit,
 }
 

@@ -549,7 +549,9 @@ fn round(
         // not known to be in force is first lowered to what the ledger surely granted: nothing,
         // once the lease has ended (the watchdog may have lowered the cap already; never raise
         // it here before the ledger answers).
-        let mut want = desired;
+        // Never a share below what is live, also when the lowered-limit clamp put `desired`
+        // below it (found by the model check, docs/GLOBAL_MODEL.md).
+        let mut want = desired.max(live);
         let leased = pod.lease_until.is_some_and(|t| Instant::now() < t);
         if !pod.cap_known || desired < pod.cap || !leased {
             let to = if !leased && pod.cap_known {
@@ -590,7 +592,19 @@ fn round(
                     // which resets it to the default cap, or the watchdog lowered it).
                     // The cap never above `desired`: after a lowered limit the share may have to
                     // stay at the live count while the cap is below it (see above).
-                    let cap = claim.granted.min(desired);
+                    let mut cap = claim.granted.min(desired);
+                    // The lowered-limit clamp again, with the others' shares as this reply
+                    // gives them (the one above used the previous reply's; the model check
+                    // found a lowered limit passed between the two).
+                    let others_now: u32 = pod
+                        .parts
+                        .iter()
+                        .filter(|p| !ledger.is_mine(p))
+                        .map(|p| p.share)
+                        .fold(0, u32::saturating_add);
+                    if others_now.saturating_add(claim.granted) > host.limit {
+                        cap = cap.min(host.limit.saturating_sub(others_now));
+                    }
                     {
                         // The new lease and the cap it allows, as one step for the watchdog.
                         let mut leases = shared.leases.lock();
