@@ -9,10 +9,13 @@
 //! a snapshot, a lowered limit, two processes with one instance id, a slow round with or without
 //! the lease watchdog). Each check switches on the faults it allows ([`Faults`]).
 //!
-//! Two protocols: [`Protocol::V1`], today's script, and [`Protocol::V2`], a design that keeps an
-//! expired instance's entry (and so its live count) until that instance is known gone, keys
-//! entries by a per-process token beside the instance id, and notices a Redis restart through
-//! the server's run id. `docs/GLOBAL_MODEL.md` describes the model, the checks and their
+//! Three protocols: [`Protocol::V1`], the script as it was at commit 33f9efb (the baseline whose
+//! counterexamples show the checker can fail); [`Protocol::V1_1`], what main ships now (v1 with
+//! ended leases held for one ttl, entries keyed by a per-process token, and, in the checks, the
+//! lease watchdog and the two round fixes); and [`Protocol::V2`], a design that keeps an expired
+//! instance's entry (and so its live count) until that instance is known gone, keys entries by
+//! a per-process token beside the instance id, and notices a Redis restart through the server's
+//! run id. `docs/GLOBAL_MODEL.md` describes the model, the checks and their
 //! results; `model/tests/checks.rs` runs them.
 
 use std::fmt::Write as _;
@@ -22,9 +25,17 @@ use stateright::{Model, Path, Property};
 /// Which claim protocol the ledger runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Protocol {
-    /// Today's `claim.lua`: entries keyed by instance id, expired entries deleted together with
-    /// their live counts, restart grace through the fleet epoch.
+    /// `claim.lua` as it was at commit 33f9efb: entries keyed by instance id, expired entries
+    /// deleted together with their live counts, restart grace through the fleet epoch.
     V1,
+    /// What main ships now: v1, but entries keyed by (instance id, process token), and an ended
+    /// lease is *held*, not deleted: the first claim that finds it ended stamps it (`x:<i>`),
+    /// and until [`Ledger::hold`] ticks after that stamp the holder's `max(share, live)` counts
+    /// against the limit for the others; then it is deleted. The holder's own claim replaces its
+    /// ended entry (and counts it as holding nothing). The coordinator side of v1.1 (the lease
+    /// watchdog always on, [`Ledger::reclamp`] and [`Ledger::want_live`]) are flags; the checks
+    /// run v1.1 with all three on.
+    V1_1,
     /// The v2 design: entries keyed by (instance id, process token); an expired entry stays (its
     /// share and live count reserved) until it is superseded by a new process with the same id
     /// or `gone` ticks passed; while any such stale entry is on the pod, the pod is held (grants
@@ -60,6 +71,9 @@ pub struct Faults {
     /// Redis restarted from a snapshot taken at some earlier point (the model takes one
     /// snapshot, at any moment, then may restart from it).
     pub redis_restart_snapshot: bool,
+    /// Redis restarted from a snapshot that holds every write (`SHUTDOWN SAVE`, or the AOF with
+    /// `appendfsync always`): the data survive, the run id changes, the clock went on.
+    pub redis_restart_latest: bool,
     /// The pod's limit lowered to this value.
     pub lower_limit: Option<u8>,
     /// A slow round: the coordinator thread stalls (its claim is not sent) while the process's
@@ -85,15 +99,19 @@ pub struct Ledger {
     pub fresh: u8,
     /// V2 only: ticks after its lease expired before a stale entry is dropped as gone.
     pub gone: u8,
+    /// V1.1 only: ticks an ended lease is held after the first claim that found it ended
+    /// (`hold` ms in `claim.lua`, which main sets to the lease ttl).
+    pub hold: u8,
     /// The fail mode.
     pub fail_mode: FailMode,
     /// After a claim, the coordinator clamps its cap again with the shares the reply shows
     /// (`desired` is clamped with the shares the *previous* reply showed; after a lowered limit,
-    /// that view is one refresh old). Not in today's coordinator.
+    /// that view is one refresh old). Not in the coordinator at 33f9efb; main ships it (v1.1).
     pub reclamp: bool,
-    /// The coordinator never asks for less than its live count (today it asks for `desired`
-    /// when its cap is already at or below it, which after a lowered limit can be below live,
-    /// so the ledger forgets live connections). Not in today's coordinator.
+    /// The coordinator never asks for less than its live count (at 33f9efb it asked for `desired`
+    /// when its cap was already at or below it, which after a lowered limit can be below live,
+    /// so the ledger forgot live connections). Not in the coordinator at 33f9efb; main ships it
+    /// (v1.1).
     pub want_live: bool,
     /// The lease watchdog: a process's local cap drops to 0 (keep_share, reject) at the instant
     /// its lease ends as the process timed it, whatever its coordinator is doing.
@@ -131,6 +149,7 @@ impl Default for Ledger {
             grace: 3,
             fresh: 2,
             gone: 3,
+            hold: 3,
             fail_mode: FailMode::KeepShare,
             reclamp: false,
             want_live: false,
@@ -148,12 +167,13 @@ impl Default for Ledger {
     }
 }
 
-/// One instance's part of the pod's hash (`s:`, `l:`, `e:` fields; V2 adds the token).
+/// One instance's part of the pod's hash (`s:`, `l:`, `e:` fields; V1.1 and V2 add the token,
+/// V1.1 the `x:` field).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Entry {
     /// Instance id.
     pub id: u8,
-    /// Process token (V2; always 0 under V1).
+    /// Process token (V1.1 and V2; always 0 under V1).
     pub token: u8,
     /// Share.
     pub share: u8,
@@ -162,7 +182,8 @@ pub struct Entry {
     /// Lease expiry, server time (valid while `now <= exp`).
     pub exp: u8,
     /// V2: when a claim first found this entry expired (its `gone` clock starts there, so time
-    /// in which Redis answered nobody does not count).
+    /// in which Redis answered nobody does not count). V1.1: the `x:` stamp, when a claim first
+    /// found this lease ended (its hold starts there).
     pub stale_since: Option<u8>,
 }
 
@@ -299,6 +320,8 @@ pub enum Outage {
     RestartEmpty,
     /// Restarted from the snapshot.
     RestartSnapshot,
+    /// Restarted from a snapshot holding every write: the data survive, the run id changes.
+    RestartLatest,
 }
 
 /// A step of the system.
@@ -351,6 +374,8 @@ impl Ledger {
         let seen = p.seen_epoch;
         let d = &mut r.data;
         let v2 = self.protocol == Protocol::V2;
+        let held = self.protocol == Protocol::V1_1;
+        let tokens = self.protocol != Protocol::V1;
         if v2 {
             // Nobody reached Redis for more than one refresh (it was frozen or unreachable):
             // that time does not count against a grace that was running.
@@ -394,11 +419,12 @@ impl Ledger {
             d.fleet_run = Some(r.run);
         }
         let in_grace = now < d.grace_until;
-        let mine = |e: &Entry| e.id == p.id && (!v2 || e.token == p.token);
-        // Expired entries: v1 deletes them (with their live counts); v2 marks them stale and
-        // deletes them only when gone (`gone` ticks after a claim first found them stale) or
-        // superseded by a new process with the same id.
-        if v2 {
+        let mine = |e: &Entry| e.id == p.id && (!tokens || e.token == p.token);
+        // Expired entries: v1 deletes them (with their live counts); v1.1 stamps them and
+        // deletes them `hold` ticks after the stamp; v2 marks them stale and deletes them only
+        // when gone (`gone` ticks after a claim first found them stale) or superseded by a new
+        // process with the same id.
+        if v2 || held {
             for e in &mut d.entries {
                 if !mine(e) && self.expired(e, now) && e.stale_since.is_none() {
                     e.stale_since = Some(now);
@@ -409,8 +435,14 @@ impl Ledger {
             if mine(e) {
                 return true;
             }
-            if !v2 {
+            if self.protocol == Protocol::V1 {
                 return !self.expired(e, now);
+            }
+            if held {
+                let dropped = self.expired(e, now)
+                    && e.stale_since
+                        .is_some_and(|t| u16::from(now) >= u16::from(t) + u16::from(self.hold));
+                return !dropped;
             }
             let gone = e
                 .stale_since
@@ -431,6 +463,9 @@ impl Ledger {
                 // count when that is larger (a part granted less than it had live).
                 stale |= self.expired(e, now);
                 others += e.share.max(e.live);
+            } else if held && self.expired(e, now) {
+                // v1.1: a held entry counts as what its holder may hold.
+                others += e.share.max(e.live);
             } else {
                 others += e.share;
             }
@@ -444,7 +479,7 @@ impl Ledger {
         };
         let new = Entry {
             id: p.id,
-            token: if v2 { p.token } else { 0 },
+            token: if tokens { p.token } else { 0 },
             share: granted,
             live,
             exp: now + self.ttl,
@@ -517,12 +552,12 @@ impl Ledger {
     }
 
     fn holds_lease(&self, s: &State, p: &Proc) -> bool {
-        let v2 = self.protocol == Protocol::V2;
+        let tokens = self.protocol != Protocol::V1;
         s.redis
             .data
             .entries
             .iter()
-            .any(|e| e.id == p.id && (!v2 || e.token == p.token) && !self.expired(e, s.now))
+            .any(|e| e.id == p.id && (!tokens || e.token == p.token) && !self.expired(e, s.now))
     }
 
     fn can_fault(&self, s: &State) -> bool {
@@ -640,6 +675,9 @@ impl Model for Ledger {
             if fault && f.redis_restart_empty {
                 actions.push(Action::RedisDown(Outage::RestartEmpty));
             }
+            if fault && f.redis_restart_latest {
+                actions.push(Action::RedisDown(Outage::RestartLatest));
+            }
             if f.redis_restart_snapshot {
                 if s.redis.snapshot.is_none() && s.faults_used < self.max_faults {
                     actions.push(Action::Snapshot);
@@ -742,6 +780,7 @@ impl Model for Ledger {
                         r.data = r.snapshot.clone().unwrap_or_default();
                         r.run += 1;
                     }
+                    Outage::RestartLatest => r.run += 1,
                 }
             }
             Action::RedisUp => s.redis.up = true,

@@ -1,5 +1,6 @@
-//! The model checks of `docs/GLOBAL_MODEL.md`: today's protocol (v1) against each fault of
-//! `docs/GLOBAL.md`, and the v2 design against all of them. Each check prints its state count
+//! The model checks of `docs/GLOBAL_MODEL.md`: the protocol as it was at 33f9efb (v1) against
+//! each fault of `docs/GLOBAL.md`, what main ships now (v1.1) against the same faults, and the v2
+//! design against all of them. Each check prints its state count
 //! and run time, and every counterexample it expects (`--nocapture`).
 
 use std::collections::BTreeSet;
@@ -97,6 +98,18 @@ fn v2(faults: Faults) -> Ledger {
     }
 }
 
+/// What main ships now with these faults: the v1.1 script, the lease watchdog and both round
+/// fixes.
+fn v11(faults: Faults) -> Ledger {
+    Ledger {
+        protocol: Protocol::V1_1,
+        reclamp: true,
+        want_live: true,
+        watchdog: true,
+        ..v1(faults)
+    }
+}
+
 /// Outages, SIGSTOPs and stalls up to ttl + 2 ticks (past every lease), and time to see the
 /// aftermath.
 fn long(m: Ledger) -> Ledger {
@@ -138,6 +151,10 @@ const EMPTY: Faults = Faults {
     redis_restart_empty: true,
     ..NONE
 };
+const LATEST: Faults = Faults {
+    redis_restart_latest: true,
+    ..NONE
+};
 const STOP: Faults = Faults { stop: true, ..NONE };
 const KILL: Faults = Faults { kill: true, ..NONE };
 const STALL: Faults = Faults {
@@ -150,6 +167,7 @@ const NONE: Faults = Faults {
     redis_freeze: false,
     redis_restart_empty: false,
     redis_restart_snapshot: false,
+    redis_restart_latest: false,
     lower_limit: None,
     stall: false,
 };
@@ -178,10 +196,10 @@ fn shared_id(m: Ledger) -> Ledger {
 fn after_kill(m: Ledger) -> Ledger {
     let horizon = 3
         + m.ttl
-        + if m.protocol == Protocol::V2 {
-            m.gone
-        } else {
-            0
+        + match m.protocol {
+            Protocol::V1 => 0,
+            Protocol::V1_1 => m.hold,
+            Protocol::V2 => m.gone,
         }
         + 5;
     Ledger {
@@ -561,4 +579,242 @@ fn v1_local_limit_overshoots_even_when_instances_times_local_limit_fit() {
     };
     let c = check("v1 local_limit 1 of 2, redis frozen briefly", m);
     fails("v1 local_limit 1 of 2, redis frozen briefly", &c, EXACT);
+}
+
+// ---- 4. what main ships (v1.1) ----------------------------------------------------------------
+
+/// Silences (SIGSTOP, stall) up to ttl + hold − 1 ticks: the last renewal before a silence may
+/// be one refresh older than its start, as for `short`.
+fn within_hold(m: Ledger) -> Ledger {
+    Ledger {
+        max_outage: m.ttl + m.hold - 1,
+        horizon: 11,
+        ..m
+    }
+}
+
+/// Silences up to ttl + hold ticks: past the hold when the last renewal was one refresh before
+/// the silence began.
+fn past_hold(m: Ledger) -> Ledger {
+    Ledger {
+        max_outage: m.ttl + m.hold,
+        horizon: 11,
+        ..m
+    }
+}
+
+#[test]
+fn v11_without_faults_is_exact() {
+    let c = check("v1.1 no faults", v11(NONE));
+    holds("v1.1 no faults", &c, EXACT);
+    holds("v1.1 no faults", &c, LEASE);
+}
+
+#[test]
+fn v11_survives_kill_9() {
+    let c = check("v1.1 kill -9", long(v11(KILL)));
+    holds("v1.1 kill -9", &c, EXACT);
+    holds("v1.1 kill -9", &c, LEASE);
+}
+
+#[test]
+fn v11_capacity_returns_after_kill_9() {
+    let c = check("v1.1 capacity after kill -9", after_kill(v11(KILL)));
+    holds("v1.1 capacity after kill -9", &c, RETURNS);
+    holds("v1.1 capacity after kill -9", &c, EXACT);
+}
+
+#[test]
+fn v11_survives_redis_frozen_of_any_length() {
+    let c = check("v1.1 redis frozen < ttl - refresh", short(v11(FREEZE)));
+    holds("v1.1 redis frozen < ttl - refresh", &c, EXACT);
+    holds("v1.1 redis frozen < ttl - refresh", &c, LEASE);
+    let c = check("v1.1 redis frozen ~ ttl", almost_ttl(v11(FREEZE)));
+    holds("v1.1 redis frozen ~ ttl", &c, EXACT);
+    let c = check("v1.1 redis frozen > ttl", long(v11(FREEZE)));
+    holds("v1.1 redis frozen > ttl", &c, EXACT);
+    let c = check("v1.1 redis frozen > ttl + hold", past_hold(v11(FREEZE)));
+    holds("v1.1 redis frozen > ttl + hold", &c, EXACT);
+}
+
+#[test]
+fn v11_survives_redis_restarted_empty_with_the_grace() {
+    let c = check("v1.1 redis restarted empty", long(v11(EMPTY)));
+    holds("v1.1 redis restarted empty", &c, EXACT);
+}
+
+#[test]
+fn v11_survives_redis_restarted_from_a_snapshot_holding_every_write() {
+    let c = check("v1.1 redis restarted, every write", long(v11(LATEST)));
+    holds("v1.1 redis restarted, every write", &c, EXACT);
+}
+
+#[test]
+fn v11_breaks_when_redis_restarts_from_an_older_snapshot() {
+    // GLOBAL.md's `everysec` / older RDB row: writes after the snapshot are lost to the ledger.
+    let c = check(
+        "v1.1 redis restarted from an older snapshot",
+        long(v11(SNAPSHOT)),
+    );
+    fails("v1.1 redis restarted from an older snapshot", &c, EXACT);
+}
+
+#[test]
+fn v11_survives_two_processes_on_one_instance_id() {
+    let c = check("v1.1 two processes, one id", shared_id(v11(NONE)));
+    holds("v1.1 two processes, one id", &c, EXACT);
+}
+
+#[test]
+fn v11_survives_a_lowered_limit() {
+    let c = check("v1.1 limit lowered 3 -> 1", lowered(v11(NONE)));
+    holds("v1.1 limit lowered 3 -> 1", &c, EXACT);
+}
+
+#[test]
+fn v11_survives_a_slow_round_within_the_hold() {
+    let c = check("v1.1 slow round < ttl + hold", within_hold(v11(STALL)));
+    holds("v1.1 slow round < ttl + hold", &c, EXACT);
+    holds("v1.1 slow round < ttl + hold", &c, LEASE);
+}
+
+#[test]
+fn v11_survives_an_instance_stopped_within_the_hold() {
+    let c = check("v1.1 SIGSTOP < ttl + hold", within_hold(v11(STOP)));
+    holds("v1.1 SIGSTOP < ttl + hold", &c, EXACT);
+}
+
+#[test]
+fn v11_breaks_when_an_instance_is_stopped_longer_than_ttl_plus_hold() {
+    // GLOBAL.md's bound: a holder silent for longer than 2 × the ttl loses its share to the
+    // others while its connections stay open.
+    let c = check("v1.1 SIGSTOP > ttl + hold", past_hold(v11(STOP)));
+    fails("v1.1 SIGSTOP > ttl + hold", &c, EXACT);
+}
+
+#[test]
+fn v11_breaks_when_a_round_is_slower_than_ttl_plus_hold() {
+    // The same bound for a stalled coordinator: the watchdog keeps it from admitting past its
+    // lease, but what it admitted before stays open.
+    let c = check("v1.1 slow round > ttl + hold", past_hold(v11(STALL)));
+    holds("v1.1 slow round > ttl + hold", &c, LEASE);
+    fails("v1.1 slow round > ttl + hold", &c, EXACT);
+}
+
+/// Any two faults of `faults` on one path under v1.1. Each outage, SIGSTOP or stall lasts at
+/// most 2 ticks, so two silences of one holder back to back stay within ttl + hold − 1 (the
+/// bound checked alone above; longer ones break as `v11_breaks_when_an_instance_is_stopped_
+/// longer_than_ttl_plus_hold` shows).
+fn v11_two_of(faults: Faults) -> Ledger {
+    Ledger {
+        max_faults: 2,
+        max_outage: 2,
+        horizon: 9,
+        ..v11(faults)
+    }
+}
+
+#[test]
+fn v11_survives_process_faults_and_a_freeze_two_at_a_time() {
+    // A restart from a snapshot holding every write is, to v1.1, a freeze (the data survive, no
+    // run id is read): not repeated here.
+    let m = v11_two_of(Faults {
+        kill: true,
+        stop: true,
+        stall: true,
+        redis_freeze: true,
+        ..NONE
+    });
+    let c = check("v1.1 kill/stop/stall/freeze, two per path", m);
+    holds("v1.1 kill/stop/stall/freeze, two per path", &c, EXACT);
+}
+
+#[test]
+fn v11_survives_a_kill_and_redis_restarted_empty_two_at_a_time() {
+    let m = Ledger {
+        closes: false,
+        ..v11_two_of(Faults {
+            kill: true,
+            redis_restart_empty: true,
+            ..NONE
+        })
+    };
+    let c = check("v1.1 kill/empty, two per path, no closes", m);
+    holds("v1.1 kill/empty, two per path, no closes", &c, EXACT);
+}
+
+#[test]
+fn v11_forgets_a_holder_when_redis_freezes_through_the_restart_grace() {
+    // Finding: GLOBAL.md's restart-empty row is exact "provided every holder reaches Redis
+    // within the grace (they retry every refresh_ms)". The grace runs on the server clock also
+    // while Redis is frozen (or unreachable) again: a second outage that lasts to the end of
+    // the grace keeps a holder that lost its entry from telling its live count, and the grace
+    // ends without it. (v2 stops the grace clock while nobody reaches Redis.)
+    let m = Ledger {
+        grace: 5,
+        max_outage: 3,
+        horizon: 9,
+        closes: false,
+        ..v11_two_of(Faults {
+            redis_freeze: true,
+            redis_restart_empty: true,
+            ..NONE
+        })
+    };
+    let c = check("v1.1 restart empty, then frozen through the grace", m);
+    fails(
+        "v1.1 restart empty, then frozen through the grace",
+        &c,
+        EXACT,
+    );
+}
+
+#[test]
+fn v11_forgets_a_holder_stopped_through_the_restart_grace() {
+    // GLOBAL.md's condition for a restart empty: every holder reaches Redis within the grace.
+    let m = Ledger {
+        max_outage: 5,
+        closes: false,
+        ..v11_two_of(Faults {
+            stop: true,
+            redis_restart_empty: true,
+            ..NONE
+        })
+    };
+    let c = check("v1.1 restart empty + SIGSTOP through the grace", m);
+    fails("v1.1 restart empty + SIGSTOP through the grace", &c, EXACT);
+}
+
+#[test]
+fn v11_with_one_id_on_two_processes_survives_a_stop_and_a_kill() {
+    // v2's supersede rule fails here (`v2_with_one_id_on_two_processes_breaks_when_one_is_
+    // stopped`); v1.1 has no such rule: a restarted process's predecessor is held, then dropped.
+    let m = Ledger {
+        shared_id: true,
+        horizon: 11,
+        ..v11_two_of(Faults {
+            kill: true,
+            stop: true,
+            ..NONE
+        })
+    };
+    let c = check("v1.1 one id, two processes, SIGSTOP + kill", m);
+    holds("v1.1 one id, two processes, SIGSTOP + kill", &c, EXACT);
+}
+
+#[test]
+fn v11_survives_each_fault_with_a_limit_of_3() {
+    for (name, m) in [
+        ("v1.1 limit 3, redis frozen > ttl", long(v11(FREEZE))),
+        ("v1.1 limit 3, SIGSTOP < ttl + hold", within_hold(v11(STOP))),
+        ("v1.1 limit 3, kill -9", long(v11(KILL))),
+        (
+            "v1.1 limit 3, slow round < ttl + hold",
+            within_hold(v11(STALL)),
+        ),
+        ("v1.1 limit 3, two processes, one id", shared_id(v11(NONE))),
+    ] {
+        let c = check(name, Ledger { limit: 3, ..m });
+        holds(name, &c, EXACT);
+    }
 }
