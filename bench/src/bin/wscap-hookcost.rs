@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! wscap-hookcost [--so target/release/libwscap.so] [--json]     # measure (runs valgrind)
+//! wscap-hookcost --global [--so ...] [--json]                   # local and global mode, ratio
 //! wscap-hookcost --drive SO handshake|frame|plain|none N        # what valgrind runs
 //! ```
 //!
@@ -21,6 +22,21 @@
 //! call (`--toggle-collect` on both name patterns), so only instructions of `libwscap.so` count;
 //! it runs each scenario with two stream counts and reports the difference per stream, which
 //! cancels set-up (config parsing, first-use initialisation).
+//!
+//! `--global` measures every scenario twice: in local mode as above, then in global mode while
+//! the shares suffice. For the global runs it starts a real `redis-server` (testkit's
+//! [`wscap_testkit::RedisServer`], killed by PID when this process is done) and passes `--drive`
+//! a bootstrap extension config (`WSCAP_HOOKCOST_BOOTSTRAP_CONFIG`: that Redis, default
+//! `refresh_ms` 1000 and lease, `headroom` `GLOBAL_HEADROOM` (16), a key prefix of its own per
+//! run). `--drive` then creates the bootstrap extension through the module's exported
+//! `envoy_dynamic_module_on_bootstrap_extension_config_new`, which starts the coordinator
+//! thread, and waits, outside the measured region, until the ledger in Redis shows this
+//! instance's share of each of the 3 pods at `headroom` or more (the streams run one at a time,
+//! so at most one slot per pod is ever live: no stream needs a borrow; a stream that did would
+//! be paused, and `--drive` fails on any status but Continue). The coordinator thread keeps
+//! running its refresh rounds while the streams are driven; its instructions are not counted:
+//! callgrind keeps the collection state per thread, and that thread never enters a toggled
+//! function. The output gives both modes and global / local per scenario.
 
 #![allow(unsafe_code)]
 
@@ -28,6 +44,8 @@ use std::cell::Cell;
 use std::ffi::{c_char, c_void, CString};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use wscap_testkit::RedisServer;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -450,6 +468,108 @@ type Choose =
     unsafe extern "C" fn(*mut c_void, *const c_void, *mut c_void, *mut u32, *mut u32) -> bool;
 type Membership = unsafe extern "C" fn(*mut c_void, *const c_void, usize, usize);
 type Init = unsafe extern "C" fn() -> *const c_char;
+type BootstrapNew = unsafe extern "C" fn(*mut c_void, Buf, Buf) -> *const c_void;
+
+/// Spare share per pod the global runs ask for (`headroom`): more than the streams ever hold
+/// at once (one), so none of them needs a borrow.
+const GLOBAL_HEADROOM: u32 = 16;
+
+/// One Redis command over a fresh loopback connection (RESP); the reply's bulk strings
+/// (an array's elements, or the one bulk string). The driver's own code, outside the module:
+/// callgrind does not count it.
+fn redis_command(port: u16, args: &[&str]) -> Result<Vec<String>, String> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))
+        .map_err(|e| format!("connect redis 127.0.0.1:{port}: {e}"))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    let mut read_line = |r: &mut BufReader<std::net::TcpStream>| -> Result<String, String> {
+        line.clear();
+        r.read_line(&mut line).map_err(|e| e.to_string())?;
+        Ok(line.trim_end().to_owned())
+    };
+    let head = read_line(&mut r)?;
+    let bulk =
+        |r: &mut BufReader<std::net::TcpStream>, h: &str| -> Result<Option<String>, String> {
+            let len: i64 = h
+                .strip_prefix('$')
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| format!("unexpected redis reply {h:?}"))?;
+            if len < 0 {
+                return Ok(None);
+            }
+            let mut b = vec![0; len as usize + 2];
+            r.read_exact(&mut b).map_err(|e| e.to_string())?;
+            b.truncate(len as usize);
+            Ok(Some(String::from_utf8_lossy(&b).into_owned()))
+        };
+    match head.chars().next() {
+        Some('*') => {
+            let n: i64 = head[1..]
+                .parse()
+                .map_err(|_| format!("bad reply {head:?}"))?;
+            let mut out = Vec::new();
+            for _ in 0..n.max(0) {
+                let h = read_line(&mut r)?;
+                out.extend(bulk(&mut r, &h)?);
+            }
+            Ok(out)
+        }
+        Some('$') => Ok(bulk(&mut r, &head)?.into_iter().collect()),
+        Some('+') | Some(':') => Ok(vec![head[1..].to_owned()]),
+        _ => Err(format!("redis {args:?}: {head}")),
+    }
+}
+
+/// Waits until the ledger in the Redis of `bootstrap_config` (a global-mode bootstrap config)
+/// shows this process's share of every pod in `PODS` at `headroom` or more, then a little
+/// longer (the coordinator raises the local caps right after the ledger granted).
+fn wait_for_shares(bootstrap_config: &str) -> Result<(), String> {
+    let v: serde_json::Value =
+        serde_json::from_str(bootstrap_config).map_err(|e| format!("bootstrap config: {e}"))?;
+    let url = v["redis_url"]
+        .as_str()
+        .ok_or("bootstrap config: no redis_url")?;
+    let port: u16 = url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .ok_or_else(|| format!("no port in {url}"))?;
+    let prefix = v["key_prefix"].as_str().unwrap_or("wscap");
+    let want = v["headroom"].as_u64().unwrap_or(2);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let mut ok = true;
+        for pod in PODS {
+            let key = format!("{prefix}:{{pods/{}}}", String::from_utf8_lossy(pod));
+            let fields = redis_command(port, &["HGETALL", &key])?;
+            let share = fields
+                .chunks(2)
+                .filter(|kv| kv.len() == 2 && kv[0].starts_with("s:"))
+                .filter_map(|kv| kv[1].parse::<u64>().ok())
+                .max()
+                .unwrap_or(0);
+            ok &= share >= want;
+        }
+        if ok {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "the coordinator claimed no share of {want} on every pod within 60 s ({url}, prefix {prefix})"
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
 
 struct Module(*mut c_void);
 
@@ -533,6 +653,8 @@ fn drive(so: &Path, scenario: &str, n: usize) -> Result<(), String> {
             br#"{"cluster": "pods", "max_connections_per_host": 1000000, "retry_after_seconds": 5}"#
         }
     };
+    // Global mode, when set: the bootstrap extension's config (with `redis_url`).
+    let bootstrap_config = std::env::var("WSCAP_HOOKCOST_BOOTSTRAP_CONFIG").ok();
     let host = std::ptr::dangling_mut::<c_void>(); // config and LB handles: never dereferenced
     let b = |s: &'static [u8]| Buf::of(s);
     // SAFETY: the hooks are called in Envoy's order with the handles they returned; every
@@ -540,6 +662,18 @@ fn drive(so: &Path, scenario: &str, n: usize) -> Result<(), String> {
     unsafe {
         if init().is_null() {
             return Err("envoy_dynamic_module_on_program_init refused".into());
+        }
+        // Global mode: the bootstrap extension comes first, as in Envoy; its config starts the
+        // coordinator thread (which caps every host at 0 until the ledger grants a share).
+        if let Some(bcfg) = &bootstrap_config {
+            // The signature module/src/abi/bootstrap.rs exports it with; the config bytes are
+            // leaked (the module may keep pointers into them for the process's life).
+            let bnew =
+                m.sym::<BootstrapNew>("envoy_dynamic_module_on_bootstrap_extension_config_new")?;
+            let bytes: &'static [u8] = Box::leak(bcfg.clone().into_bytes().into_boxed_slice());
+            if bnew(host, b(b"wscap"), b(bytes)).is_null() {
+                return Err("the bootstrap extension config was refused".into());
+            }
         }
         let fcfg = fcfg_new(
             host,
@@ -559,6 +693,9 @@ fn drive(so: &Path, scenario: &str, n: usize) -> Result<(), String> {
             return Err("lb_new refused".into());
         }
         lb_sync(host, lb, PODS.len(), 0);
+        if let Some(bcfg) = &bootstrap_config {
+            wait_for_shares(bcfg)?;
+        }
         let stream_once = |upgrade: bool, frames: usize| -> Result<(), String> {
             let s = Stream {
                 upgrade,
@@ -605,12 +742,35 @@ fn drive(so: &Path, scenario: &str, n: usize) -> Result<(), String> {
 }
 
 /// Instructions counted in one valgrind run of `--drive`.
-fn callgrind(me: &Path, so: &Path, scenario: &str, n: usize) -> Result<u64, String> {
-    let out = std::env::temp_dir().join(format!(
-        "wscap-hookcost-{}-{scenario}-{n}.callgrind",
-        std::process::id()
-    ));
-    let run = Command::new("valgrind")
+fn callgrind(
+    me: &Path,
+    so: &Path,
+    scenario: &str,
+    n: usize,
+    redis: Option<&RedisServer>,
+) -> Result<u64, String> {
+    let tag = format!(
+        "{}-{}-{scenario}-{n}",
+        std::process::id(),
+        if redis.is_some() { "global" } else { "local" }
+    );
+    let out = std::env::temp_dir().join(format!("wscap-hookcost-{tag}.callgrind"));
+    let mut cmd = Command::new("valgrind");
+    cmd.env_remove("WSCAP_HOOKCOST_BOOTSTRAP_CONFIG");
+    if let Some(r) = redis {
+        // A key prefix of its own per run: no run sees another's ledger.
+        cmd.env(
+            "WSCAP_HOOKCOST_BOOTSTRAP_CONFIG",
+            serde_json::json!({
+                "redis_url": r.url(),
+                "instance_id": "hookcost",
+                "headroom": GLOBAL_HEADROOM,
+                "key_prefix": format!("hookcost-{tag}"),
+            })
+            .to_string(),
+        );
+    }
+    let run = cmd
         .arg("--tool=callgrind")
         .arg(format!("--callgrind-out-file={}", out.display()))
         .arg("--collect-atstart=no")
@@ -644,8 +804,12 @@ fn callgrind(me: &Path, so: &Path, scenario: &str, n: usize) -> Result<u64, Stri
         .ok_or_else(|| format!("no totals in the callgrind output of --drive {scenario} {n}"))
 }
 
-/// Per-operation instructions of each scenario: (scenario, per op, ops differenced).
-fn measure(so: &Path) -> Result<Vec<(&'static str, f64, usize)>, String> {
+/// Per-operation instructions of each scenario: (scenario, per op, ops differenced); in global
+/// mode with `redis`.
+fn measure(
+    so: &Path,
+    redis: Option<&RedisServer>,
+) -> Result<Vec<(&'static str, f64, usize)>, String> {
     match wscap_e2e::module_profile(so)? {
         "release" => {}
         p => {
@@ -662,8 +826,8 @@ fn measure(so: &Path) -> Result<Vec<(&'static str, f64, usize)>, String> {
         ("frame", 1000, 11000),
         ("plain", 100, 1100),
     ] {
-        let a = callgrind(&me, so, scenario, n1)?;
-        let b = callgrind(&me, so, scenario, n2)?;
+        let a = callgrind(&me, so, scenario, n1, redis)?;
+        let b = callgrind(&me, so, scenario, n2, redis)?;
         let per = (b as f64 - a as f64) / (n2 - n1) as f64;
         out.push((scenario, per, n2 - n1));
     }
@@ -672,7 +836,7 @@ fn measure(so: &Path) -> Result<Vec<(&'static str, f64, usize)>, String> {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: wscap-hookcost [--so PATH] [--json]\n       wscap-hookcost --drive SO handshake|frame|plain|none N"
+        "usage: wscap-hookcost [--so PATH] [--global] [--json]\n       wscap-hookcost --drive SO handshake|frame|plain|none N"
     );
     std::process::exit(2)
 }
@@ -692,11 +856,13 @@ fn main() {
     }
     let mut so: Option<PathBuf> = None;
     let mut json = false;
+    let mut global = false;
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--so" => so = Some(PathBuf::from(it.next().unwrap_or_else(|| usage()))),
             "--json" => json = true,
+            "--global" => global = true,
             _ => usage(),
         }
     }
@@ -710,23 +876,58 @@ fn main() {
             }
         },
     };
-    match measure(&so) {
-        Ok(rows) => {
-            if json {
-                let obj: serde_json::Map<String, serde_json::Value> = rows
-                    .iter()
-                    .map(|(s, per, _)| ((*s).to_string(), serde_json::json!(per)))
-                    .collect();
-                println!("{}", serde_json::Value::Object(obj));
-            } else {
-                for (s, per, n) in rows {
-                    println!("{s}: {per:.1} instructions per op (difference of {n} ops)");
-                }
-            }
+    let fail = |e: String| -> ! {
+        eprintln!("wscap-hookcost: {e}");
+        std::process::exit(1);
+    };
+    let rows = measure(&so, None).unwrap_or_else(|e| fail(e));
+    let global_rows = if global {
+        if Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            fail("--global needs redis-server (install it: scripts/setup)".into());
         }
-        Err(e) => {
-            eprintln!("wscap-hookcost: {e}");
-            std::process::exit(1);
+        let redis = RedisServer::start();
+        let measured = measure(&so, Some(&redis));
+        drop(redis); // killed by PID, also before a failure exits
+        Some(measured.unwrap_or_else(|e| fail(e)))
+    } else {
+        None
+    };
+    let per = |rows: &[(&'static str, f64, usize)], s: &str| {
+        rows.iter().find(|r| r.0 == s).map_or(f64::NAN, |r| r.1)
+    };
+    if json {
+        let obj =
+            |rows: &[(&'static str, f64, usize)]| -> serde_json::Map<String, serde_json::Value> {
+                rows.iter()
+                    .map(|(s, per, _)| ((*s).to_string(), serde_json::json!(per)))
+                    .collect()
+            };
+        let mut top = obj(&rows);
+        if let Some(g) = &global_rows {
+            let ratio: serde_json::Map<String, serde_json::Value> = rows
+                .iter()
+                .map(|(s, l, _)| ((*s).to_string(), serde_json::json!(per(g, s) / l)))
+                .collect();
+            top.insert("global".into(), serde_json::Value::Object(obj(g)));
+            top.insert("ratio".into(), serde_json::Value::Object(ratio));
+        }
+        println!("{}", serde_json::Value::Object(top));
+    } else if let Some(g) = &global_rows {
+        println!("instructions per op (difference of N ops): local mode | global mode, shares suffice | global / local");
+        for (s, l, n) in &rows {
+            let gl = per(g, s);
+            println!(
+                "{s}: {l:.1} | {gl:.1} | {:.4} (difference of {n} ops)",
+                gl / l
+            );
+        }
+    } else {
+        for (s, per, n) in rows {
+            println!("{s}: {per:.1} instructions per op (difference of {n} ops)");
         }
     }
 }
