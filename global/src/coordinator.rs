@@ -454,6 +454,19 @@ fn guarded_round(
 
 /// One pass over the registry's pods (or, for a borrow, over one cluster's pods until one grants
 /// more room). Returns what a borrow learned.
+/// `field` summed (saturating) over the parts of a pod that other processes hold.
+fn others_sum(
+    parts: &[InstancePart],
+    ledger: &Ledger,
+    field: impl Fn(&InstancePart) -> u32,
+) -> u32 {
+    parts
+        .iter()
+        .filter(|p| !ledger.is_mine(p))
+        .map(field)
+        .fold(0, u32::saturating_add)
+}
+
 fn round(
     shared: &Shared,
     ledger: &mut Ledger,
@@ -518,12 +531,7 @@ fn round(
         // on its rounds, the pod is back within the new limit once enough connections closed.
         // Only when the shares overflow: in the ordinary case an unmet want must reach the
         // ledger (it marks the pod in demand).
-        let others: u32 = pod
-            .parts
-            .iter()
-            .filter(|p| !ledger.is_mine(p))
-            .map(|p| p.share)
-            .fold(0, u32::saturating_add);
+        let others = others_sum(&pod.parts, ledger, |p| p.share);
         if others.saturating_add(pod.share) > host.limit {
             desired = desired.min(host.limit.saturating_sub(others));
         }
@@ -596,12 +604,7 @@ fn round(
                     // The lowered-limit clamp again, with the others' shares as this reply
                     // gives them (the one above used the previous reply's; the model check
                     // found a lowered limit passed between the two).
-                    let others_now: u32 = pod
-                        .parts
-                        .iter()
-                        .filter(|p| !ledger.is_mine(p))
-                        .map(|p| p.share)
-                        .fold(0, u32::saturating_add);
+                    let others_now = others_sum(&pod.parts, ledger, |p| p.share);
                     if others_now.saturating_add(claim.granted) > host.limit {
                         cap = cap.min(host.limit.saturating_sub(others_now));
                     }
@@ -615,12 +618,7 @@ fn round(
                     pod.cap_known = true;
                     // Rank the pod by its fill across the fleet (admission still obeys the cap),
                     // so that this instance's connections go where the fleet has room.
-                    let elsewhere: u32 = pod
-                        .parts
-                        .iter()
-                        .filter(|p| !ledger.is_mine(p))
-                        .map(|p| p.live)
-                        .fold(0, u32::saturating_add);
+                    let elsewhere = others_sum(&pod.parts, ledger, |p| p.live);
                     cluster.set_host_elsewhere(&addr, Some((elsewhere, host.limit)));
                     if borrow.is_some() && grew {
                         outcome = BorrowOutcome::Granted;

@@ -16,9 +16,18 @@ const LIMIT: u32 = 10;
 /// `n` instances that see every pod, once their restart grace (if any) is over.
 /// `headroom` 0 makes every admission beyond the live count a borrow that claims.
 fn instances(redis: &RedisServer, n: usize, headroom: u32) -> Vec<Instance> {
-    let insts: Vec<_> = (0..n)
-        .map(|i| {
-            let mut c = config(&redis.url(), &format!("envoy-{i}"), FailMode::KeepShare);
+    let ids: Vec<(String, String)> = (0..n)
+        .map(|i| (redis.url(), format!("envoy-{i}")))
+        .collect();
+    instances_at(&ids, headroom)
+}
+
+/// Like [`instances`], one per `(redis url, instance id)`.
+fn instances_at(ids: &[(String, String)], headroom: u32) -> Vec<Instance> {
+    let insts: Vec<_> = ids
+        .iter()
+        .map(|(url, id)| {
+            let mut c = config(url, id, FailMode::KeepShare);
             c.headroom = headroom;
             Instance::start(c, LIMIT)
         })
@@ -432,18 +441,13 @@ fn a_redis_restarted_from_its_aof_after_kill_forgets_no_live_connection() {
 fn an_instance_cut_off_alone_for_less_than_twice_the_ttl_loses_nothing() {
     let redis = RedisServer::start();
     let relay = Relay::start(redis.url().rsplit(':').next().unwrap().parse().unwrap());
-    let insts: Vec<Instance> = (0..3)
+    let ids: Vec<(String, String)> = (0..3)
         .map(|i| {
             let url = if i == 1 { relay.url() } else { redis.url() };
-            let mut c = config(&url, &format!("envoy-{i}"), FailMode::KeepShare);
-            c.headroom = 2;
-            Instance::start(c, LIMIT)
+            (url, format!("envoy-{i}"))
         })
         .collect();
-    assert!(eventually(Duration::from_secs(5), || insts
-        .iter()
-        .all(|i| i.coordinator().fleet_view().pods.len() == PODS.len())));
-    std::thread::sleep(Duration::from_millis(GRACE_MS + 200));
+    let insts = instances_at(&ids, 2);
     ledger_away_then_back(&insts, || {
         relay.cut.store(true, Ordering::SeqCst);
         std::thread::sleep(Duration::from_millis(3 * 900 / 2));
@@ -507,18 +511,10 @@ fn ledger_away_then_back(insts: &[Instance], outage: impl FnOnce()) {
 #[test]
 fn two_processes_with_one_instance_id_are_two_holders() {
     let redis = RedisServer::start();
-    let insts: Vec<Instance> = ["envoy-same", "envoy-same", "envoy-other"]
-        .iter()
-        .map(|id| {
-            let mut c = config(&redis.url(), id, FailMode::KeepShare);
-            c.headroom = 2;
-            Instance::start(c, LIMIT)
-        })
-        .collect();
-    assert!(eventually(Duration::from_secs(5), || insts
-        .iter()
-        .all(|i| i.coordinator().fleet_view().pods.len() == PODS.len())));
-    std::thread::sleep(Duration::from_millis(GRACE_MS + 200));
+    let ids: Vec<(String, String)> = ["envoy-same", "envoy-same", "envoy-other"]
+        .map(|id| (redis.url(), id.to_owned()))
+        .to_vec();
+    let insts = instances_at(&ids, 2);
     ledger_away_then_back(&insts, || {});
     let view = insts[2].coordinator().fleet_view();
     let same = view.pods[0]

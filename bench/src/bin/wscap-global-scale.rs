@@ -264,26 +264,6 @@ impl Instance {
     }
 }
 
-/// The numbers of one run.
-/// Time the threads of process `pid` spent runnable but waiting for a CPU (the second field of
-/// /proc/PID/task/*/schedstat): on a shared machine, a Redis that waits for the CPU is as busy as
-/// one that runs.
-fn sched_wait(pid: u32) -> Duration {
-    let mut ns: u64 = 0;
-    if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for e in rd.flatten() {
-            if let Ok(s) = std::fs::read_to_string(e.path().join("schedstat")) {
-                ns += s
-                    .split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0);
-            }
-        }
-    }
-    Duration::from_nanos(ns)
-}
-
 /// One run: its numbers, and its Redis (still running; the caller reports, then drops it).
 fn run_one(spec: &Spec, redis_cpu: Option<usize>, announce: bool) -> (Value, PinnedRedis) {
     let load_start = sys::loadavg();
@@ -387,11 +367,11 @@ fn run_one(spec: &Spec, redis_cpu: Option<usize>, announce: bool) -> (Value, Pin
                     window_start = Some((
                         now,
                         redis.info(),
-                        sched_wait(redis_pid),
+                        sys::sched_wait(redis_pid),
                         coord_errors,
                         sys::cpu_time(std::process::id()),
                     ));
-                    bench_wait0 = sched_wait(std::process::id());
+                    bench_wait0 = sys::sched_wait(std::process::id());
                     measuring = true;
                     eprintln!(
                         "  [{:5.1} s] window starts: fill {held} of {wanted}",
@@ -412,7 +392,7 @@ fn run_one(spec: &Spec, redis_cpu: Option<usize>, announce: bool) -> (Value, Pin
     };
     eprintln!("  [{:5.1} s] window ends", started.elapsed().as_secs_f64());
     let info1 = redis.info();
-    let wait1 = sched_wait(redis_pid);
+    let wait1 = sys::sched_wait(redis_pid);
     let wall = t0.elapsed().as_secs_f64();
     let cpu1 = sys::cpu_time(std::process::id());
     let held_end: usize = fleet.iter().skip(1).map(|i| i.held.len()).sum();
@@ -431,7 +411,7 @@ fn run_one(spec: &Spec, redis_cpu: Option<usize>, announce: bool) -> (Value, Pin
             }
         }
     }
-    let bench_wait1 = sched_wait(std::process::id());
+    let bench_wait1 = sys::sched_wait(std::process::id());
     // Never dropped: dropping a coordinator joins its thread, which first finishes its round,
     // and a lagging round of a saturated fleet takes minutes. The process exits instead.
     std::mem::forget(fleet);
